@@ -1,0 +1,225 @@
+"""Bridges between Observables and async iterables, and the demand-driven poller.
+
+* :func:`poll` turns ``fetch_many(n)`` into a cold Observable that claims only
+  what the worker can take, backs off while the store is empty and wakes at
+  once on :meth:`Wakeup.notify`.
+* :func:`from_async_iterable` runs an async generator fetcher as an Observable,
+  pulling the next item only when the worker has room, and closing the
+  generator when the subscription is disposed.
+* :func:`to_async_iterable` gives an Observable an ``async for`` face
+  (as an aiostream stream, so aiostream operators apply).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import reactivex
+from aiostream import stream as astream
+from reactivex import Observable, abc
+from reactivex.disposable import Disposable
+
+from rxqueue.task import Task
+from rxqueue.worker.context import WorkerContext
+
+T = TypeVar("T")
+FetchMany = Callable[[int], Awaitable[Sequence[Task[Any]]]]
+
+
+class Wakeup:
+    """A broadcast doorbell: :meth:`notify` wakes every current :meth:`wait`.
+
+    Backends ring it when a task is pushed in this process, so an idle poller
+    claims it without waiting out its interval.
+    """
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event: asyncio.Event | None = None
+
+    def notify(self) -> None:
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds; True if notified."""
+        if self._event is None:
+            self._event = asyncio.Event()
+        event = self._event
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await event.wait()
+                return True
+        return False
+
+
+def poll(
+    fetch_many: FetchMany,
+    ctx: WorkerContext,
+    *,
+    interval: float = 0.05,
+    max_interval: float = 1.0,
+    batch_size: int | None = None,
+    wakeup: Wakeup | None = None,
+) -> Observable[Task[Any] | None]:
+    """A cold Observable that claims tasks with ``fetch_many(n)`` as demand allows.
+
+    ``n`` never exceeds the worker's free capacity (nor ``batch_size``). An empty
+    claim emits ``None`` (idle) and sleeps ``interval``, doubling up to
+    ``max_interval`` while the store stays empty; ``wakeup.notify()`` cuts the
+    sleep short. Disposal never interrupts a claim in progress: its tasks land
+    in the worker's ledger, from which the worker releases them.
+    """
+    if interval <= 0 or max_interval < interval:
+        raise ValueError(
+            f"poll needs 0 < interval <= max_interval; got {interval=}, {max_interval=}"
+        )
+    doorbell = wakeup or Wakeup()
+    limit = batch_size or max(1, ctx.prefetch)
+
+    def subscribe(
+        observer: abc.ObserverBase[Task[Any] | None], _: abc.SchedulerBase | None = None
+    ) -> abc.DisposableBase:
+        disposed = False
+        sleeping: asyncio.Future[Any] | None = None
+
+        async def run() -> None:
+            nonlocal sleeping
+            delay = interval
+            while not disposed:
+                wanted = ctx.reserve(limit)
+                if wanted == 0:
+                    sleeping = asyncio.ensure_future(ctx.wait_for_capacity())
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await sleeping
+                    continue
+                try:
+                    tasks = await fetch_many(wanted)
+                except BaseException:
+                    ctx.claimed(wanted, ())
+                    raise
+                ctx.claimed(wanted, tasks)
+                if disposed:
+                    return  # the ledger holds them; the worker releases them
+                if tasks:
+                    delay = interval
+                    on_next = observer.on_next
+                    for task in tasks:
+                        on_next(task)
+                    continue
+                observer.on_next(None)
+                sleeping = asyncio.ensure_future(doorbell.wait(delay))
+                notified = False
+                with contextlib.suppress(asyncio.CancelledError):
+                    notified = await sleeping
+                delay = interval if notified else min(max_interval, delay * 2)
+
+        def done(future: asyncio.Future[None]) -> None:
+            if future.cancelled() or disposed:
+                return
+            error = future.exception()
+            if isinstance(error, Exception):
+                observer.on_error(error)
+
+        runner = asyncio.get_running_loop().create_task(run())
+        runner.add_done_callback(done)
+
+        def dispose() -> None:
+            nonlocal disposed
+            disposed = True
+            if sleeping is not None:
+                sleeping.cancel()
+
+        return Disposable(dispose)
+
+    return reactivex.create(subscribe)
+
+
+def from_async_iterable(
+    source: AsyncIterable[T], ctx: WorkerContext | None = None
+) -> Observable[T]:
+    """Run an async iterable as a cold Observable.
+
+    With a ``ctx``, the next item is pulled only while the worker has free
+    capacity, and each task pulled is entered in the worker's ledger. Disposing
+    the subscription cancels the pump and closes the generator; an exception in
+    the generator becomes ``on_error``; exhausting it becomes ``on_completed``.
+    """
+
+    def subscribe(
+        observer: abc.ObserverBase[T], _: abc.SchedulerBase | None = None
+    ) -> abc.DisposableBase:
+        iterator = aiter(source)
+
+        async def pump() -> None:
+            try:
+                while True:
+                    if ctx is not None:
+                        await ctx.wait_for_capacity()
+                    try:
+                        item = await anext(iterator)
+                    except StopAsyncIteration:
+                        observer.on_completed()
+                        return
+                    if ctx is not None and isinstance(item, Task):
+                        ctx.claimed(0, (item,))
+                    observer.on_next(item)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                observer.on_error(exc)
+            finally:
+                closer = getattr(iterator, "aclose", None)
+                if closer is not None:
+                    with contextlib.suppress(Exception):
+                        await closer()
+
+        runner = asyncio.get_running_loop().create_task(pump())
+        def dispose() -> None:
+            runner.cancel()
+
+        return Disposable(dispose)
+
+    return reactivex.create(subscribe)
+
+
+def to_async_iterable(observable: Observable[T], *, maxsize: int = 0) -> Any:
+    """An aiostream stream over ``observable``: ``async with s.stream() as it: ...``.
+
+    Plain ``async for item in to_async_iterable(obs)`` works too. Leaving the
+    loop disposes the subscription. ``maxsize`` bounds the hand-over queue
+    (0: unbounded); when full, the oldest item is dropped, so use it only for
+    observation streams such as worker events, never for tasks.
+    """
+
+    async def generate() -> AsyncIterator[T]:
+        queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue(maxsize)
+
+        def put(entry: tuple[int, Any]) -> None:
+            if maxsize and queue.full():
+                queue.get_nowait()
+            queue.put_nowait(entry)
+
+        subscription = observable.subscribe(
+            on_next=lambda item: put((0, item)),
+            on_error=lambda error: put((1, error)),
+            on_completed=lambda: put((2, None)),
+        )
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == 0:
+                    yield value
+                elif kind == 1:
+                    raise value
+                else:
+                    return
+        finally:
+            subscription.dispose()
+
+    return astream.iterate(generate())

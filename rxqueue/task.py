@@ -1,0 +1,178 @@
+"""The task model: frozen records, statuses, outcomes and push options."""
+
+from __future__ import annotations
+
+import enum
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any, Final, Generic, TypeAlias, TypeVar
+
+from rxqueue.clock import to_timestamp
+
+T = TypeVar("T")
+TaskId: TypeAlias = str
+
+DEFAULT_QUEUE: Final = "default"
+DEFAULT_MAX_ATTEMPTS: Final = 3
+
+
+class Status(enum.StrEnum):
+    """Where a task is in its life. Values are stored as text by every backend."""
+
+    PENDING = "Pending"  # waiting, maybe until run_at
+    QUEUED = "Queued"  # claimed by a worker, not started yet
+    RUNNING = "Running"
+    DONE = "Done"
+    FAILED = "Failed"  # an attempt failed; will run again at run_at
+    KILLED = "Killed"  # attempts exhausted, aborted or cancelled
+
+
+TERMINAL: Final = frozenset({Status.DONE, Status.KILLED})
+ACTIVE: Final = frozenset({Status.QUEUED, Status.RUNNING})
+READY: Final = frozenset({Status.PENDING, Status.FAILED})
+
+
+class _IdSource:
+    """UUIDv7 text ids: sortable by creation time, unique across processes.
+
+    A 12-bit counter in ``rand_a`` keeps ids from one process strictly
+    increasing within the same millisecond.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last_ms = 0
+        self._seq = 0
+
+    def __call__(self) -> TaskId:
+        ms = time.time_ns() // 1_000_000
+        with self._lock:
+            if ms <= self._last_ms:
+                self._seq += 1
+                if self._seq > 0xFFF:  # counter exhausted: borrow the next millisecond
+                    self._last_ms += 1
+                    self._seq = 0
+                ms = self._last_ms
+            else:
+                self._last_ms, self._seq = ms, 0
+            seq = self._seq
+        value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62)
+        value |= int.from_bytes(os.urandom(8)) >> 2
+        h = f"{value:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+new_task_id = _IdSource()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Task(Generic[T]):
+    """One unit of work and its state in the store.
+
+    Times are epoch seconds (see :mod:`rxqueue.clock`). ``args`` is the payload;
+    a fetcher may hand it over still encoded (``bytes``), in which case the
+    worker decodes it, so that a bad payload fails this task and nothing else.
+    """
+
+    id: TaskId = field(default_factory=new_task_id)
+    queue: str = DEFAULT_QUEUE
+    args: T
+    status: Status = Status.PENDING
+    attempts: int = 0
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    priority: int = 0
+    run_at: float = field(default_factory=time.time)
+    created_at: float = field(default_factory=time.time)
+    lock_by: str | None = None
+    lock_at: float | None = None
+    done_at: float | None = None
+    last_error: str | None = None
+    result: Any = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def evolve(self, **changes: Any) -> Task[T]:
+        """A copy with ``changes`` applied (the record itself never changes)."""
+        return replace(self, **changes)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PushOptions:
+    """How a pushed task is scheduled. ``delay`` and ``run_at`` are exclusive."""
+
+    delay: float | None = None
+    run_at: float | datetime | None = None
+    priority: int = 0
+    max_attempts: int | None = None
+    metadata: Mapping[str, Any] | None = None
+    task_id: TaskId | None = None
+
+    def __post_init__(self) -> None:
+        if self.delay is not None and self.run_at is not None:
+            raise ValueError("give either delay= or run_at=, not both")
+        if self.delay is not None and self.delay < 0:
+            raise ValueError(f"delay must be >= 0 seconds, got {self.delay!r}")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts!r}")
+
+    def build(self, args: Any, *, queue: str, now: float, max_attempts: int) -> Task[Any]:
+        run_at = now + (self.delay or 0.0) if self.run_at is None else to_timestamp(self.run_at)
+        return Task(
+            id=self.task_id or new_task_id(),
+            queue=queue,
+            args=args,
+            priority=self.priority,
+            max_attempts=self.max_attempts or max_attempts,
+            run_at=run_at,
+            created_at=now,
+            metadata=dict(self.metadata or {}),
+        )
+
+
+# Outcomes: what the worker's handler pipeline reports back to the acker.
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The handler returned; ``result`` is stored if the codec can encode it."""
+
+    result: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """The attempt failed; run again at ``at`` (status ``Failed`` until then)."""
+
+    at: float
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Killed:
+    """No further attempts: exhausted, aborted, undecodable or cancelled."""
+
+    error: str
+
+
+Outcome: TypeAlias = Done | Retry | Killed
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """Not an outcome: the handler began (status ``Running``).
+
+    The worker sends it in the same ack batch as outcomes, and only for tasks
+    still running at flush time, so a fast task costs no extra write.
+    """
+
+    at: float
+
+
+Update: TypeAlias = Started | Done | Retry | Killed

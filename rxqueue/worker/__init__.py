@@ -1,0 +1,1 @@
+"""Workers: build with WorkerBuilder, run with ``await worker.run()``."""
