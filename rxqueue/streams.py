@@ -86,17 +86,13 @@ def poll(
         observer: abc.ObserverBase[Task[Any] | None], _: abc.SchedulerBase | None = None
     ) -> abc.DisposableBase:
         disposed = False
-        sleeping: asyncio.Future[Any] | None = None
 
         async def run() -> None:
-            nonlocal sleeping
             delay = interval
             while not disposed:
                 wanted = ctx.reserve(limit)
                 if wanted == 0:
-                    sleeping = asyncio.ensure_future(ctx.wait_for_capacity())
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await sleeping
+                    await ctx.wait_for_capacity()
                     continue
                 try:
                     tasks = await fetch_many(wanted)
@@ -113,10 +109,7 @@ def poll(
                         on_next(task)
                     continue
                 observer.on_next(None)
-                sleeping = asyncio.ensure_future(doorbell.wait(delay))
-                notified = False
-                with contextlib.suppress(asyncio.CancelledError):
-                    notified = await sleeping
+                notified = await doorbell.wait(delay)
                 delay = interval if notified else min(max_interval, delay * 2)
 
         def done(future: asyncio.Future[None]) -> None:
@@ -130,10 +123,12 @@ def poll(
         runner.add_done_callback(done)
 
         def dispose() -> None:
+            # Wake the loop wherever it waits; it sees `disposed` and ends. A claim
+            # in progress is never interrupted (its tasks must reach the ledger).
             nonlocal disposed
             disposed = True
-            if sleeping is not None:
-                sleeping.cancel()
+            ctx.capacity_changed()
+            doorbell.notify()
 
         return Disposable(dispose)
 
@@ -141,47 +136,74 @@ def poll(
 
 
 def from_async_iterable(
-    source: AsyncIterable[T], ctx: WorkerContext | None = None
+    source: AsyncIterable[T], ctx: WorkerContext | None = None, *, grace: float = 5.0
 ) -> Observable[T]:
     """Run an async iterable as a cold Observable.
 
     With a ``ctx``, the next item is pulled only while the worker has free
-    capacity, and each task pulled is entered in the worker's ledger. Disposing
-    the subscription cancels the pump and closes the generator; an exception in
-    the generator becomes ``on_error``; exhausting it becomes ``on_completed``.
+    capacity, and each task pulled is entered in the worker's ledger. Disposal
+    lets a pull in progress finish (up to ``grace`` seconds) so that a task the
+    generator already claimed reaches the ledger instead of vanishing; then the
+    generator is closed. An exception in the generator becomes ``on_error``;
+    exhausting it becomes ``on_completed``.
     """
 
     def subscribe(
         observer: abc.ObserverBase[T], _: abc.SchedulerBase | None = None
     ) -> abc.DisposableBase:
         iterator = aiter(source)
+        disposed = False
+        pulling = False
+
+        async def pull() -> T:
+            nonlocal pulling
+            if ctx is None:
+                return await anext(iterator)
+            while ctx.free_capacity <= 0:
+                await ctx.wait_for_capacity()
+            reserved = ctx.reserve(1)
+            pulling = True
+            try:
+                item = await anext(iterator)
+            except BaseException:
+                ctx.claimed(reserved, ())
+                raise
+            finally:
+                pulling = False
+            ctx.claimed(reserved, (item,) if isinstance(item, Task) else ())
+            return item
 
         async def pump() -> None:
             try:
-                while True:
-                    if ctx is not None:
-                        await ctx.wait_for_capacity()
+                while not disposed:
                     try:
-                        item = await anext(iterator)
+                        item = await pull()
                     except StopAsyncIteration:
                         observer.on_completed()
                         return
-                    if ctx is not None and isinstance(item, Task):
-                        ctx.claimed(0, (item,))
-                    observer.on_next(item)
+                    if not disposed:
+                        observer.on_next(item)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                observer.on_error(exc)
+                if not disposed:
+                    observer.on_error(exc)
             finally:
                 closer = getattr(iterator, "aclose", None)
                 if closer is not None:
                     with contextlib.suppress(Exception):
                         await closer()
 
-        runner = asyncio.get_running_loop().create_task(pump())
+        loop = asyncio.get_running_loop()
+        runner = loop.create_task(pump())
+
         def dispose() -> None:
-            runner.cancel()
+            nonlocal disposed
+            disposed = True
+            if pulling:
+                loop.call_later(grace, runner.cancel)
+            else:
+                runner.cancel()
 
         return Disposable(dispose)
 

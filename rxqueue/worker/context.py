@@ -80,8 +80,9 @@ class WorkerContext:
                 self._fetches_done.set()
 
     async def wait_for_capacity(self) -> None:
-        """Return once :attr:`free_capacity` may be positive (a task started or left)."""
-        while self.free_capacity <= 0:
+        """Return once :attr:`free_capacity` may be positive, or when woken to re-check
+        (a task started, or the fetcher was disposed)."""
+        if self.free_capacity <= 0:
             self._capacity.clear()
             await self._capacity.wait()
 

@@ -299,7 +299,7 @@ class _Run:
             self.ctx.buffered += 1
         self.idle_marker = False
         self.buffer.append(item)
-        if self.runnable <= 0:
+        if self.runnable <= 0 and not self.ctx.stopping:
             self._wake_consumer()
 
     def _on_error(self, error: Exception) -> None:
@@ -332,7 +332,7 @@ class _Run:
         buffer, ctx, loop = self.buffer, self.ctx, asyncio.get_running_loop()
         self.runnable += 1
         while True:
-            if not buffer:
+            if not buffer or ctx.stopping:  # once stopping, unstarted tasks go back
                 self.runnable -= 1
                 waiter = loop.create_future()
                 self.idle_consumers.append(waiter)

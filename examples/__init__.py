@@ -1,0 +1,1 @@
+"""Runnable examples; every README snippet lives here and runs in the tests."""

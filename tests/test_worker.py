@@ -1,0 +1,455 @@
+"""The worker and its handler pipeline, on the memory backend."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import reactivex
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rxqueue import (
+    BuildError,
+    HandlerTimeout,
+    MemoryBackend,
+    Monitor,
+    Status,
+    Task,
+    TaskContext,
+    WorkerBuilder,
+    WorkerError,
+    events,
+    layers,
+    ops,
+)
+from rxqueue.backoff import constant
+
+FAST = {"poll_interval": 0.002, "max_poll_interval": 0.01}
+
+
+@dataclass
+class Job:
+    n: int
+
+
+def memory() -> MemoryBackend:
+    return MemoryBackend(**FAST)
+
+
+async def run_idle(worker: Any) -> Any:
+    async with asyncio.timeout(20):
+        return await worker.run_until_idle()
+
+
+# --- building -----------------------------------------------------------------------
+
+
+def test_builder_names_what_is_missing_or_wrong() -> None:
+    async def handle(job: Job) -> None: ...
+
+    with pytest.raises(BuildError, match=r"no backend; add \.backend\(b\)"):
+        WorkerBuilder("w").build(handle)
+    with pytest.raises(BuildError, match="non-empty name"):
+        WorkerBuilder("  ")
+    with pytest.raises(BuildError, match="concurrency must be a positive number"):
+        WorkerBuilder("w").concurrency(0)
+    with pytest.raises(BuildError, match="takes a function"):
+        from rxqueue import BackendBuilder
+
+        BackendBuilder().fetcher("not callable")  # type: ignore[arg-type]
+    with pytest.raises(BuildError, match="takes no arguments"):
+        WorkerBuilder("w").backend(memory()).build(lambda: None)
+    with pytest.raises(BuildError, match="takes an rxqueue Backend"):
+        WorkerBuilder("w").backend(object())  # type: ignore[arg-type]
+
+
+# --- handlers and context ---------------------------------------------------------------
+
+
+async def test_context_gives_task_facts_and_shared_data() -> None:
+    backend = memory()
+    task_id = await backend.push(Job(1), metadata={"trace": "abc"})
+
+    class Mailer:
+        pass
+
+    mailer = Mailer()
+    seen: dict[str, Any] = {}
+
+    async def handle(job: Job, ctx: TaskContext) -> None:
+        seen.update(
+            task_id=ctx.task_id,
+            attempt=ctx.attempt,
+            queue=ctx.queue,
+            worker=ctx.worker_name,
+            mailer=ctx.data(Mailer),
+            metadata=dict(ctx.metadata),
+        )
+
+    worker = WorkerBuilder("mail-worker").backend(backend).data(mailer).build(handle)
+    await run_idle(worker)
+    assert seen == {
+        "task_id": task_id,
+        "attempt": 1,
+        "queue": "default",
+        "worker": "mail-worker",
+        "mailer": mailer,
+        "metadata": {"trace": "abc"},
+    }
+
+
+async def test_missing_data_fails_the_task_with_a_hint() -> None:
+    backend = memory()
+    task_id = await backend.push(Job(1), max_attempts=1)
+
+    async def handle(job: Job, ctx: TaskContext) -> None:
+        ctx.data(int)
+
+    await run_idle(WorkerBuilder("w").backend(backend).build(handle))
+    task = await backend.get(task_id)
+    assert task is not None and task.status is Status.KILLED
+    assert "add it with WorkerBuilder(...).data(obj)" in (task.last_error or "")
+
+
+async def test_plain_function_runs_in_a_thread() -> None:
+    backend = memory()
+    await backend.push_many([Job(1), Job(2)])
+    threads: set[int] = set()
+
+    def handle(job: Job) -> int:
+        threads.add(threading.get_ident())
+        return job.n
+
+    summary = await run_idle(WorkerBuilder("w").backend(backend).build(handle))
+    assert summary.done == 2
+    assert threading.get_ident() not in threads
+
+
+@settings(max_examples=30, deadline=None)
+@given(outcomes=st.lists(st.sampled_from(["ok", "raise", "type", "abort", "slow"]), max_size=30))
+async def test_no_handler_failure_ever_stops_the_worker(outcomes: list[str]) -> None:
+    backend = memory()
+    await backend.push_many([{"n": i} for i in range(len(outcomes))], max_attempts=1)
+
+    async def handle(job: Job) -> None:
+        kind = outcomes[job.n]
+        if kind == "raise":
+            raise RuntimeError("boom")
+        if kind == "type":
+            raise TypeError("bad")
+        if kind == "abort":
+            from rxqueue import Abort
+
+            raise Abort("no")
+        if kind == "slow":
+            await asyncio.sleep(0)
+
+    summary = await run_idle(WorkerBuilder("w").backend(backend).concurrency(3).build(handle))
+    expected_done = sum(kind in ("ok", "slow") for kind in outcomes)
+    assert (summary.done, summary.killed) == (expected_done, len(outcomes) - expected_done)
+    stats = await backend.stats()
+    assert stats[Status.DONE] + stats[Status.KILLED] == len(outcomes)
+
+
+# --- layers ---------------------------------------------------------------------------------
+
+
+async def test_layers_wrap_in_the_order_added() -> None:
+    backend = memory()
+    await backend.push(Job(1))
+    trail: list[str] = []
+
+    def tracing(name: str) -> layers.Layer:
+        async def layer(next: layers.Next, task: Task[Any], ctx: TaskContext) -> Any:
+            trail.append(f"{name}>")
+            outcome = await next(task, ctx)
+            trail.append(f"<{name}")
+            return outcome
+
+        return layer
+
+    async def handle(job: Job) -> None:
+        trail.append("handler")
+
+    builder = WorkerBuilder("w").backend(backend).layer(tracing("outer")).layer(tracing("inner"))
+    await run_idle(builder.build(handle))
+    assert trail == ["outer>", "inner>", "handler", "<inner", "<outer"]
+
+
+async def test_timeout_layer_fails_the_attempt() -> None:
+    backend = memory()
+    task_id = await backend.push(Job(1), max_attempts=1)
+
+    async def handle(job: Job) -> None:
+        await asyncio.Event().wait()
+
+    worker = WorkerBuilder("w").backend(backend).layer(layers.timeout(0.01)).build(handle)
+    summary = await run_idle(worker)
+    assert summary.killed == 1
+    task = await backend.get(task_id)
+    assert task is not None and (task.last_error or "").startswith(HandlerTimeout.__name__)
+
+
+async def test_timeout_layer_passes_a_handlers_own_timeout_error_through() -> None:
+    backend = memory()
+    task_id = await backend.push(Job(1), max_attempts=1)
+
+    async def handle(job: Job) -> None:
+        raise TimeoutError("upstream api timed out")
+
+    worker = WorkerBuilder("w").backend(backend).layer(layers.timeout(10)).build(handle)
+    await run_idle(worker)
+    task = await backend.get(task_id)
+    assert task is not None and task.last_error == "TimeoutError: upstream api timed out (attempt 1 of 1)"
+
+
+def test_failure_outcome_policy() -> None:
+    from rxqueue import Abort, CodecError, Killed, Retry, RetryAfter
+
+    task: Task[Any] = Task(args=None, attempts=0, max_attempts=3)
+    assert layers.failure_outcome(task, ValueError("x"), now=100, backoff=constant(5)) == Retry(
+        105, "ValueError: x"
+    )
+    assert layers.failure_outcome(task, RetryAfter(7), now=100) == Retry(
+        107, "RetryAfter: retry requested after 7s"
+    )
+    assert isinstance(layers.failure_outcome(task, Abort("no"), now=100), Killed)
+    assert isinstance(layers.failure_outcome(task, CodecError("bad"), now=100), Killed)
+    last = task.evolve(attempts=2)
+    assert layers.failure_outcome(last, ValueError("x"), now=100) == Killed(
+        "ValueError: x (attempt 3 of 3)"
+    )
+    assert isinstance(
+        layers.failure_outcome(task, ValueError("x"), now=100, max_attempts=1), Killed
+    )
+
+
+async def test_rate_limit_layer_spaces_starts() -> None:
+    backend = memory()
+    await backend.push_many([Job(n) for n in range(4)])
+    loop = asyncio.get_running_loop()
+    starts: list[float] = []
+
+    async def handle(job: Job) -> None:
+        starts.append(loop.time())
+
+    worker = WorkerBuilder("w").backend(backend).layer(layers.rate_limit(2, 0.1)).build(handle)
+    await run_idle(worker)
+    # Two may start at once (the burst); the next ones wait for the window.
+    assert starts[3] - starts[0] >= 0.09
+
+
+# --- batches, events, fetcher errors ---------------------------------------------------------
+
+
+async def test_batch_handler_gets_typed_lists_and_each_task_is_acked() -> None:
+    backend = memory()
+    await backend.push_many([Job(n) for n in range(10)])
+    batches: list[list[int]] = []
+
+    async def handle(jobs: list[Job]) -> None:
+        assert all(isinstance(job, Job) for job in jobs)
+        batches.append([job.n for job in jobs])
+
+    piped = backend.pipe(ops.batch(4, 0.01))
+    summary = await run_idle(WorkerBuilder("w").backend(piped).build(handle))
+    assert sorted(n for batch in batches for n in batch) == list(range(10))
+    assert all(len(batch) <= 4 for batch in batches)
+    assert summary.done == 10
+    assert (await backend.stats())[Status.DONE] == 10
+
+
+async def test_events_tell_the_story_of_a_run() -> None:
+    backend = memory()
+    await backend.push_many([Job(1), Job(2)], max_attempts=2)
+
+    async def handle(job: Job, ctx: TaskContext) -> None:
+        if job.n == 2:
+            raise ValueError("nope")
+
+    seen: list[Any] = []
+    builder = WorkerBuilder("w").backend(backend).layer(layers.retry(backoff=constant(0)))
+    worker = builder.on_event(seen.append).build(handle)
+    summary = await run_idle(worker)
+    kinds = Counter(type(event).__name__ for event in seen)
+    assert kinds["Started"] == 1 and kinds["Stopped"] == 1
+    assert kinds["Succeeded"] == 1
+    assert (kinds["Failed"], kinds["Retrying"], kinds["Killed"]) == (2, 1, 1)
+    assert isinstance(seen[-1], events.Stopped) and seen[-1].summary == summary
+    succeeded = next(e for e in seen if isinstance(e, events.Succeeded))
+    assert succeeded.finished_at >= succeeded.started_at >= succeeded.enqueued_at
+
+
+async def test_events_as_an_async_iterable() -> None:
+    backend = memory()
+    await backend.push(Job(1))
+
+    async def handle(job: Job) -> None: ...
+
+    worker = WorkerBuilder("w").backend(backend).build(handle)
+    collected: list[str] = []
+
+    async def collect() -> None:
+        async with worker.iter_events().stream() as stream:
+            async for event in stream:
+                collected.append(type(event).__name__)
+                if isinstance(event, events.Stopped):
+                    return
+
+    collector = asyncio.create_task(collect())
+    await asyncio.sleep(0)
+    await run_idle(worker)
+    async with asyncio.timeout(5):
+        await collector
+    assert collected[0] == "Started" and collected[-1] == "Stopped" and "Succeeded" in collected
+
+
+async def test_a_failing_fetcher_stops_the_worker_with_a_hint() -> None:
+    from rxqueue import BackendBuilder
+
+    backend = (
+        BackendBuilder()
+        .database(None)
+        .fetcher(lambda db, cfg, ctx: reactivex.throw(ConnectionError("db gone")))
+        .sink(lambda db, cfg: (lambda task: None))
+        .build()
+    )
+
+    async def handle(job: Any) -> None: ...
+
+    with pytest.raises(WorkerError, match=r"ConnectionError: db gone.*ops\.retry"):
+        await WorkerBuilder("w").backend(backend).build(handle).run(handle_signals=False)
+
+
+async def test_ops_retry_resubscribes_a_failing_fetcher() -> None:
+    from rxqueue import BackendBuilder
+
+    subscriptions = 0
+    task: Task[Any] = Task(args=b'{"n": 5}')
+
+    def fetcher(db: Any, cfg: Any, ctx: Any) -> Any:
+        def subscribe(observer: Any, scheduler: Any = None) -> Any:
+            nonlocal subscriptions
+            subscriptions += 1
+            if subscriptions < 3:
+                observer.on_error(ConnectionError("flaky"))
+            else:
+                observer.on_next(task)
+                observer.on_completed()
+
+        return reactivex.create(subscribe)
+
+    backend = BackendBuilder().database(None).fetcher(fetcher).sink(lambda d, c: print).build()
+    seen: list[int] = []
+
+    async def handle(job: Job) -> None:
+        seen.append(job.n)
+
+    piped = backend.pipe(ops.retry(5, backoff=constant(0.001)))
+    summary = await WorkerBuilder("w").backend(piped).build(handle).run(handle_signals=False)
+    assert (seen, summary.done, subscriptions) == ([5], 1, 3)
+
+
+# --- stopping ---------------------------------------------------------------------------
+
+
+async def test_stop_past_the_shutdown_timeout_cancels_and_requeues_the_attempt() -> None:
+    backend = memory()
+    task_id = await backend.push(Job(1), max_attempts=3)
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def handle(job: Job) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    worker = WorkerBuilder("w").backend(backend).shutdown_timeout(0.01).build(handle)
+    running = asyncio.create_task(worker.run(handle_signals=False))
+    async with asyncio.timeout(10):
+        await started.wait()
+        worker.stop()
+        summary = await running
+    assert cancelled.is_set() and summary.retried == 1
+    task = await backend.get(task_id)
+    assert task is not None and (task.status, task.attempts) == (Status.FAILED, 1)
+    assert task.last_error == "worker stopped during the attempt"
+
+
+async def test_a_worker_cannot_run_twice_at_once() -> None:
+    backend = memory()
+
+    async def handle(job: Job) -> None: ...
+
+    worker = WorkerBuilder("w").backend(backend).build(handle)
+    running = asyncio.create_task(worker.run(handle_signals=False))
+    await asyncio.sleep(0)
+    with pytest.raises(WorkerError, match="already running"):
+        await worker.run(handle_signals=False)
+    worker.stop()
+    await running
+
+
+async def test_monitor_runs_workers_and_reports_a_crash() -> None:
+    from rxqueue import BackendBuilder
+
+    good_backend = memory()
+    await good_backend.push(Job(1))
+    broken = (
+        BackendBuilder()
+        .database(None)
+        .fetcher(lambda db, cfg, ctx: reactivex.throw(RuntimeError("broken store")))
+        .sink(lambda db, cfg: (lambda task: None))
+        .build()
+    )
+    handled = asyncio.Event()
+
+    async def handle(job: Job) -> None:
+        handled.set()
+
+    crashes: list[str] = []
+    good = WorkerBuilder("good").backend(good_backend).build(handle)
+    bad = WorkerBuilder("bad").backend(broken).build(handle)
+    monitor = Monitor(on_crash=lambda worker, exc: crashes.append(worker.name)).register(good, bad)
+    running = asyncio.create_task(monitor.run())
+    async with asyncio.timeout(10):
+        await handled.wait()
+        monitor.stop()
+        results = await running
+    assert crashes == ["bad"]
+    assert isinstance(results["bad"], WorkerError)
+    assert results["good"].done == 1  # type: ignore[union-attr]
+
+
+# --- the hot path ---------------------------------------------------------------------------
+
+
+async def test_no_asyncio_task_is_created_per_job() -> None:
+    backend = memory()
+    await backend.push_many([Job(n) for n in range(500)])
+    created = 0
+    loop = asyncio.get_running_loop()
+
+    def counting_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        nonlocal created
+        created += 1
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    async def handle(job: Job) -> None:
+        await asyncio.sleep(0)
+
+    loop.set_task_factory(counting_factory)
+    try:
+        summary = await run_idle(WorkerBuilder("w").backend(backend).concurrency(8).build(handle))
+    finally:
+        loop.set_task_factory(None)
+    assert summary.done == 500
+    assert created < 50, f"{created} asyncio tasks for 500 jobs"
