@@ -7,7 +7,7 @@
   pulling the next item only when the worker has room, and closing the
   generator when the subscription is disposed.
 * :func:`to_async_iterable` gives an Observable an ``async for`` face
-  (as an aiostream stream, so aiostream operators apply).
+  (a plain async generator, so aiostream operators apply to it).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, S
 from typing import Any, TypeVar
 
 import reactivex
-from aiostream import stream as astream
 from reactivex import Observable, abc
 from reactivex.disposable import Disposable
 
@@ -210,38 +209,51 @@ def from_async_iterable(
     return reactivex.create(subscribe)
 
 
-def to_async_iterable(observable: Observable[T], *, maxsize: int = 0) -> Any:
-    """An aiostream stream over ``observable``: ``async with s.stream() as it: ...``.
+def to_async_iterable(observable: Observable[T], *, maxsize: int = 0) -> ObservableIterator[T]:
+    """``observable`` as an async iterator: ``async for item in to_async_iterable(obs)``.
 
-    Plain ``async for item in to_async_iterable(obs)`` works too. Leaving the
-    loop disposes the subscription. ``maxsize`` bounds the hand-over queue
-    (0: unbounded); when full, the oldest item is dropped, so use it only for
-    observation streams such as worker events, never for tasks.
+    Subscribes at once, so nothing emitted after this call is missed. Close it
+    (``await it.aclose()``, or ``contextlib.aclosing``) to dispose the
+    subscription. aiostream operators take it as is
+    (``aiostream.stream.map(to_async_iterable(obs), f)``). ``maxsize`` bounds
+    the hand-over queue (0: unbounded); when full, the oldest item is dropped,
+    so use it only for observation streams such as worker events, never tasks.
     """
+    return ObservableIterator(observable, maxsize)
 
-    async def generate() -> AsyncIterator[T]:
-        queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue(maxsize)
 
-        def put(entry: tuple[int, Any]) -> None:
-            if maxsize and queue.full():
-                queue.get_nowait()
-            queue.put_nowait(entry)
+class ObservableIterator(AsyncIterator[T]):
+    """The iterator :func:`to_async_iterable` returns."""
 
-        subscription = observable.subscribe(
-            on_next=lambda item: put((0, item)),
-            on_error=lambda error: put((1, error)),
-            on_completed=lambda: put((2, None)),
+    def __init__(self, observable: Observable[T], maxsize: int) -> None:
+        self._queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue(maxsize)
+        self._maxsize = maxsize
+        self._closed = False
+        self._subscription = observable.subscribe(
+            on_next=lambda item: self._put(0, item),
+            on_error=lambda error: self._put(1, error),
+            on_completed=lambda: self._put(2, None),
         )
-        try:
-            while True:
-                kind, value = await queue.get()
-                if kind == 0:
-                    yield value
-                elif kind == 1:
-                    raise value
-                else:
-                    return
-        finally:
-            subscription.dispose()
 
-    return astream.iterate(generate())
+    def _put(self, kind: int, value: Any) -> None:
+        if self._maxsize and self._queue.full():
+            self._queue.get_nowait()
+        self._queue.put_nowait((kind, value))
+
+    async def __anext__(self) -> T:
+        if self._closed:
+            raise StopAsyncIteration
+        kind, value = await self._queue.get()
+        if kind == 0:
+            return value  # type: ignore[no-any-return]
+        self.close()
+        if kind == 1:
+            raise value
+        raise StopAsyncIteration
+
+    def close(self) -> None:
+        self._closed = True
+        self._subscription.dispose()
+
+    async def aclose(self) -> None:
+        self.close()

@@ -27,7 +27,9 @@ class BackendKit:
     created: list[Backend] = field(default_factory=list)
     _serial: itertools.count[int] = field(default_factory=itertools.count)
 
-    async def make(self, *, clock: Clock | None = None, queue: str = "default", **options: Any) -> Backend:
+    async def make(
+        self, *, clock: Clock | None = None, queue: str = "default", **options: Any
+    ) -> Backend:
         clock = clock or system_clock
         if self.name == "memory":
             backend: Backend = MemoryBackend(queue=queue, clock=clock, **FAST_POLL, **options)

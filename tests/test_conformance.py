@@ -248,7 +248,10 @@ async def test_abort_kills_at_once_and_retry_after_sets_the_delay(kit: BackendKi
 
     await run_idle(WorkerBuilder("w").backend(backend).idle_horizon(0), handle)
     task = await backend.get(aborted)
-    assert task is not None and (task.status, task.last_error) == (Status.KILLED, "Abort: bad address")
+    assert task is not None and (task.status, task.last_error) == (
+        Status.KILLED,
+        "Abort: bad address",
+    )
     task = await backend.get(delayed)
     assert task is not None and task.status is Status.FAILED
     assert task.run_at == pytest.approx(clock() + 42)
@@ -303,7 +306,10 @@ async def test_retry_kill_and_vacuum(kit: BackendKit) -> None:
     doomed = await backend.push(Job(1))
     await backend.kill(doomed, "no longer wanted")
     task = await backend.get(doomed)
-    assert task is not None and (task.status, task.last_error) == (Status.KILLED, "no longer wanted")
+    assert task is not None and (task.status, task.last_error) == (
+        Status.KILLED,
+        "no longer wanted",
+    )
     ran: list[int] = []
 
     async def handle(job: Job) -> None:
@@ -393,7 +399,11 @@ async def test_tasks_of_a_dead_worker_are_reclaimed(kit: BackendKit) -> None:
     clock.advance(61)
     assert await backend.reclaim() == 3
     task = await backend.get(ids[0])
-    assert task is not None and (task.status, task.attempts, task.lock_by) == (Status.PENDING, 1, None)
+    assert task is not None and (task.status, task.attempts, task.lock_by) == (
+        Status.PENDING,
+        1,
+        None,
+    )
     assert task.last_error is not None and "dead" in task.last_error
     ran: list[int] = []
 
@@ -410,6 +420,10 @@ async def test_a_live_worker_name_is_not_reused(kit: BackendKit) -> None:
     first = WorkerContext("twin", concurrency=1, prefetch=1, clock=backend.clock)
     await backend.register_worker(first)
     with pytest.raises(WorkerError, match="twin"):
-        await backend.register_worker(WorkerContext("twin", concurrency=1, prefetch=1, clock=backend.clock))
+        await backend.register_worker(
+            WorkerContext("twin", concurrency=1, prefetch=1, clock=backend.clock)
+        )
     await backend.unregister_worker(first)
-    await backend.register_worker(WorkerContext("twin", concurrency=1, prefetch=1, clock=backend.clock))
+    await backend.register_worker(
+        WorkerContext("twin", concurrency=1, prefetch=1, clock=backend.clock)
+    )

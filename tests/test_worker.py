@@ -205,7 +205,10 @@ async def test_timeout_layer_passes_a_handlers_own_timeout_error_through() -> No
     worker = WorkerBuilder("w").backend(backend).layer(layers.timeout(10)).build(handle)
     await run_idle(worker)
     task = await backend.get(task_id)
-    assert task is not None and task.last_error == "TimeoutError: upstream api timed out (attempt 1 of 1)"
+    assert (
+        task is not None
+        and task.last_error == "TimeoutError: upstream api timed out (attempt 1 of 1)"
+    )
 
 
 def test_failure_outcome_policy() -> None:
@@ -294,15 +297,15 @@ async def test_events_as_an_async_iterable() -> None:
     worker = WorkerBuilder("w").backend(backend).build(handle)
     collected: list[str] = []
 
+    stream = worker.iter_events()
+
     async def collect() -> None:
-        async with worker.iter_events().stream() as stream:
-            async for event in stream:
-                collected.append(type(event).__name__)
-                if isinstance(event, events.Stopped):
-                    return
+        async for event in stream:
+            collected.append(type(event).__name__)
+            if isinstance(event, events.Stopped):
+                return
 
     collector = asyncio.create_task(collect())
-    await asyncio.sleep(0)
     await run_idle(worker)
     async with asyncio.timeout(5):
         await collector
@@ -316,7 +319,7 @@ async def test_a_failing_fetcher_stops_the_worker_with_a_hint() -> None:
         BackendBuilder()
         .database(None)
         .fetcher(lambda db, cfg, ctx: reactivex.throw(ConnectionError("db gone")))
-        .sink(lambda db, cfg: (lambda task: None))
+        .sink(lambda db, cfg: lambda task: None)
         .build()
     )
 
@@ -407,7 +410,7 @@ async def test_monitor_runs_workers_and_reports_a_crash() -> None:
         BackendBuilder()
         .database(None)
         .fetcher(lambda db, cfg, ctx: reactivex.throw(RuntimeError("broken store")))
-        .sink(lambda db, cfg: (lambda task: None))
+        .sink(lambda db, cfg: lambda task: None)
         .build()
     )
     handled = asyncio.Event()

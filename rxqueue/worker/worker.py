@@ -27,7 +27,7 @@ from reactivex.subject import Subject
 from rxqueue.backends.base import Backend
 from rxqueue.clock import Clock
 from rxqueue.errors import BackendError, CodecError, WorkerError
-from rxqueue.streams import to_async_iterable
+from rxqueue.streams import ObservableIterator, to_async_iterable
 from rxqueue.task import Done, Killed, Outcome, Retry, Started, Task, Update
 from rxqueue.worker import events as ev
 from rxqueue.worker.context import TaskContext, WorkerContext
@@ -109,8 +109,12 @@ class Worker:
         """Hot Observable of :mod:`rxqueue.worker.events` records."""
         return self._events
 
-    def iter_events(self, *, maxsize: int = 10_000) -> Any:
-        """The events as an aiostream stream: ``async for event in worker.iter_events()``."""
+    def iter_events(self, *, maxsize: int = 10_000) -> ObservableIterator[ev.Event]:
+        """The events as an async iterator: ``async for event in worker.iter_events()``.
+
+        Subscribes at once, so no event after this call is missed; holds at most
+        ``maxsize`` unread events (the oldest are dropped first).
+        """
         return to_async_iterable(self._events, maxsize=maxsize)
 
     @property

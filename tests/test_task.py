@@ -1,0 +1,93 @@
+"""Task records, ids, push options and backoff."""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import FrozenInstanceError
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rxqueue import ManualClock, PushOptions, Status, Task
+from rxqueue.backoff import Exponential, constant
+from rxqueue.task import ACTIVE, READY, TERMINAL, new_task_id
+
+
+def test_ids_are_unique_and_sorted_by_creation_even_across_threads() -> None:
+    ids: list[str] = []
+    lock = threading.Lock()
+
+    def make() -> None:
+        batch = [new_task_id() for _ in range(2000)]
+        assert batch == sorted(batch)
+        with lock:
+            ids.extend(batch)
+
+    threads = [threading.Thread(target=make) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(ids)) == 8000
+    assert all(len(i) == 36 and i[14] == "7" for i in ids)  # UUIDv7 text
+
+
+def test_tasks_are_frozen_and_evolve() -> None:
+    task = Task(args={"a": 1})
+    with pytest.raises(FrozenInstanceError):
+        task.status = Status.DONE  # type: ignore[misc]
+    done = task.evolve(status=Status.DONE)
+    assert (task.status, done.status, done.id) == (Status.PENDING, Status.DONE, task.id)
+    assert done.is_terminal and not task.is_terminal
+
+
+def test_status_sets_partition_the_statuses() -> None:
+    assert set(Status) == TERMINAL | ACTIVE | READY
+    assert not (TERMINAL & ACTIVE or TERMINAL & READY or ACTIVE & READY)
+
+
+def test_push_options_schedule_and_validate() -> None:
+    clock = ManualClock(1000.0)
+    task = PushOptions(delay=5, priority=2).build("x", queue="q", now=clock(), max_attempts=3)
+    assert (task.run_at, task.priority, task.queue, task.max_attempts) == (1005.0, 2, "q", 3)
+    at = datetime(2030, 1, 1, tzinfo=UTC)
+    assert (
+        PushOptions(run_at=at).build(1, queue="q", now=0, max_attempts=1).run_at == at.timestamp()
+    )
+    naive = datetime(2030, 1, 1)
+    assert (
+        PushOptions(run_at=naive).build(1, queue="q", now=0, max_attempts=1).run_at
+        == at.timestamp()
+    )
+    with pytest.raises(ValueError, match="either delay= or run_at="):
+        PushOptions(delay=1, run_at=5.0)
+    with pytest.raises(ValueError, match="delay must be >= 0"):
+        PushOptions(delay=-1)
+    with pytest.raises(ValueError, match="max_attempts must be >= 1"):
+        PushOptions(max_attempts=0)
+
+
+@given(attempt=st.integers(1, 60), seed=st.integers())
+def test_exponential_backoff_grows_within_jitter_and_cap(attempt: int, seed: int) -> None:
+    policy = Exponential(base=1, factor=2, max=300, jitter=0.1, rng=random.Random(seed))
+    nominal = min(300.0, 2.0 ** (attempt - 1))
+    assert 0.9 * nominal <= policy(attempt) <= min(300.0, 1.1 * nominal)
+
+
+def test_backoff_arguments_are_checked() -> None:
+    assert constant(3)(7) == 3
+    with pytest.raises(ValueError, match="factor >= 1"):
+        Exponential(factor=0.5)
+    with pytest.raises(ValueError, match="seconds >= 0"):
+        constant(-1)
+
+
+def test_manual_clock_only_moves_forward() -> None:
+    clock = ManualClock(10)
+    assert clock.advance(5) == 15
+    assert clock() == 15
+    with pytest.raises(ValueError, match="only moves forward"):
+        clock.advance(-1)
