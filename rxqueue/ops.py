@@ -110,9 +110,10 @@ def _check_count(op: str, name: str, value: int) -> None:
 class _Pacer(abc.ObserverBase[_T]):
     """Sliding window: at most ``n`` emissions in any ``per``-second window, FIFO.
 
-    ``_sent`` holds the times of the last ``n`` emissions; the next task may go
-    once the oldest of them is ``per`` seconds old. One timer at a time, armed
-    only while tasks wait.
+    ``_sent`` holds the times of the last ``n`` emission slots; the next task may
+    go once the oldest of them is ``per`` seconds old. One timer at a time,
+    armed only while tasks wait. A late timer catches up on slots that passed,
+    so the long-run rate holds even at rates above asyncio's timer resolution.
     """
 
     __slots__ = (
@@ -179,7 +180,9 @@ class _Pacer(abc.ObserverBase[_T]):
                     if self._timer is None:
                         self._timer = self._scheduler.schedule_relative(due - now, self._fire)
                     return
-                sent.append(max(now, due))  # the slot's time: no drift from early timers
+                # Record the slot's time, not `now`: asyncio wakes ~1 ms late, and
+                # tasks whose slots passed meanwhile leave together, keeping the rate.
+                sent.append(due)
             else:
                 sent.append(now)
             self._observer.on_next(queue.popleft())
