@@ -1,0 +1,7 @@
+"""Handlers the CLI tests load by name (``tests.cli_handlers:greet``)."""
+
+from __future__ import annotations
+
+
+async def greet(payload: dict[str, str]) -> str:
+    return f"hello {payload['name']}"
