@@ -35,6 +35,7 @@ from rxqueue.task import (
     Task,
     TaskId,
     Update,
+    task_from_fields,
 )
 
 if TYPE_CHECKING:
@@ -82,22 +83,22 @@ class _Row:
         self.version = 0  # bumped whenever the row re-enters a heap; stale entries skip
 
     def snapshot(self) -> Task[Any]:
-        return Task(
-            id=self.id,
-            queue=self.queue,
-            args=self.args,
-            status=self.status,
-            attempts=self.attempts,
-            max_attempts=self.max_attempts,
-            priority=self.priority,
-            run_at=self.run_at,
-            created_at=self.created_at,
-            lock_by=self.lock_by,
-            lock_at=self.lock_at,
-            done_at=self.done_at,
-            last_error=self.last_error,
-            result=self.result,
-            metadata=self.metadata,
+        return task_from_fields(
+            self.id,
+            self.queue,
+            self.args,
+            self.status,
+            self.attempts,
+            self.max_attempts,
+            self.priority,
+            self.run_at,
+            self.created_at,
+            self.lock_by,
+            self.lock_at,
+            self.done_at,
+            self.last_error,
+            self.result,
+            self.metadata,
         )
 
 
