@@ -456,3 +456,34 @@ async def test_no_asyncio_task_is_created_per_job() -> None:
         loop.set_task_factory(None)
     assert summary.done == 500
     assert created < 50, f"{created} asyncio tasks for 500 jobs"
+
+
+# --- the sink as an Observer ----------------------------------------------------------
+
+
+async def test_an_observable_feeds_the_queue_through_the_sink_observer() -> None:
+    backend = memory()
+    sink = backend.sink()
+    reactivex.from_iterable([Job(1), Job(2), Task(args={"n": 3}, priority=5)]).subscribe(sink)
+    await sink.flush()
+    assert sink.stored == 3 and sink.errors == []
+    stats = await backend.stats()
+    assert stats[Status.PENDING] == 3
+    seen: list[int] = []
+
+    async def handle(job: Job) -> None:
+        seen.append(job.n)
+
+    await run_idle(WorkerBuilder("w").backend(backend).prefetch(1).build(handle))
+    assert seen == [3, 1, 2]  # the Task kept its priority
+
+
+async def test_sink_observer_reports_storage_errors_and_goes_on() -> None:
+    backend = memory()
+    reported: list[Exception] = []
+    sink = backend.sink(on_error=reported.append)
+    reactivex.from_iterable([Job(1), object(), Job(2)]).subscribe(sink)
+    await sink.flush()
+    assert len(reported) == 1 and "cannot encode" in str(reported[0])
+    assert sink.stored == 2  # the bad payload fails alone
+    assert (await backend.stats())[Status.PENDING] == 2

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from reactivex import Observable
 
+from rxqueue.backends.sink import SinkObserver
 from rxqueue.clock import Clock, system_clock
 from rxqueue.codec import DEFAULT_CODEC, Codec
 from rxqueue.errors import CodecError, TaskNotFound, UnsupportedOperation
@@ -183,6 +184,15 @@ class Backend(ABC):
                 raise CodecError(f"task {index} ({task.id}): {exc}") from exc
         await self._store(tasks, encoded)
         return [task.id for task in tasks]
+
+    def sink(self, on_error: Callable[[Exception], None] | None = None) -> SinkObserver:
+        """This backend's sink as a reactivex Observer: ``source.subscribe(backend.sink())``.
+
+        Tasks are stored as they are; other items are pushed as payloads. Storage
+        errors go to ``on_error`` (and ``sink.errors``), never into the source.
+        ``await sink.flush()`` returns once everything received is stored.
+        """
+        return SinkObserver(self, on_error)
 
     @abstractmethod
     async def _store(self, tasks: Sequence[Task[Any]], payloads: Sequence[bytes]) -> None:
