@@ -427,3 +427,40 @@ async def test_a_live_worker_name_is_not_reused(kit: BackendKit) -> None:
     await backend.register_worker(
         WorkerContext("twin", concurrency=1, prefetch=1, clock=backend.clock)
     )
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    count=st.integers(1, 30),
+    stop_after=st.integers(0, 30),
+    concurrency=st.integers(1, 4),
+    prefetch=st.integers(1, 6),
+)
+async def test_stopping_at_any_point_loses_nothing_and_repeats_nothing(
+    kit: BackendKit, count: int, stop_after: int, concurrency: int, prefetch: int
+) -> None:
+    stop_after = min(stop_after, count)  # the last task stops it at the latest
+    backend = await kit.make()
+    await backend.push_many([Job(n) for n in range(count)])
+    seen: Counter[int] = Counter()
+    first = WorkerBuilder("first").backend(backend).concurrency(concurrency).prefetch(prefetch)
+
+    async def handle(job: Job) -> None:
+        seen[job.n] += 1
+        await asyncio.sleep(0)
+        if sum(seen.values()) >= stop_after:
+            worker.stop()
+
+    worker = first.build(handle)
+    async with asyncio.timeout(RUN_LIMIT):
+        await worker.run(handle_signals=False)
+    if Capability.LIST in backend.capabilities:
+        stats = await backend.stats()
+        assert stats[Status.QUEUED] == stats[Status.RUNNING] == 0  # nothing left claimed
+        assert stats[Status.DONE] == sum(seen.values())
+    await run_idle(WorkerBuilder("second").backend(backend), handle)
+    assert seen == Counter(range(count))

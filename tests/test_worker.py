@@ -487,3 +487,38 @@ async def test_sink_observer_reports_storage_errors_and_goes_on() -> None:
     assert len(reported) == 1 and "cannot encode" in str(reported[0])
     assert sink.stored == 2  # the bad payload fails alone
     assert (await backend.stats())[Status.PENDING] == 2
+
+
+@settings(max_examples=40, deadline=None)
+@given(payloads=st.lists(st.binary(max_size=24), max_size=20))
+async def test_any_payload_bytes_fail_at_most_their_own_task(payloads: list[bytes]) -> None:
+    from rxqueue import BackendBuilder
+
+    tasks = [Task(args=payload) for payload in payloads]
+    outcomes: dict[str, Any] = {}
+
+    async def ack(db: Any, cfg: Any, task: Task[Any], outcome: Any) -> None:
+        outcomes[task.id] = outcome
+
+    backend = (
+        BackendBuilder()
+        .database(None)
+        .fetcher(lambda d, c, w: reactivex.from_iterable(tasks))
+        .sink(lambda d, c: print)
+        .ack(ack)
+        .build()
+    )
+
+    async def handle(job: Job) -> None:
+        assert isinstance(job, Job)
+
+    summary = await WorkerBuilder("w").backend(backend).build(handle).run(handle_signals=False)
+    assert set(outcomes) == {task.id for task in tasks}  # every task got one outcome
+    assert summary.done + summary.killed == len(tasks)
+    for task in tasks:
+        from rxqueue import Done, Killed
+
+        outcome = outcomes[task.id]
+        assert isinstance(outcome, Done | Killed)
+        if isinstance(outcome, Killed):
+            assert outcome.error.startswith("CodecError")
