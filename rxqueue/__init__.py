@@ -44,7 +44,7 @@ from rxqueue.worker.builder import WorkerBuilder
 from rxqueue.worker.context import TaskContext, WorkerContext
 from rxqueue.worker.events import RunSummary
 from rxqueue.worker.monitor import Monitor
-from rxqueue.worker.worker import Worker
+from rxqueue.worker.worker import Worker, WorkerSettings
 
 __version__ = "0.1.0"
 
@@ -88,6 +88,7 @@ __all__ = [
     "WorkerBuilder",
     "WorkerContext",
     "WorkerError",
+    "WorkerSettings",
     "backoff",
     "connect",
     "events",

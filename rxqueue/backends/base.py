@@ -131,10 +131,7 @@ class Backend(ABC):
             metadata=metadata,
             task_id=task_id,
         )
-        task = options.build(
-            args, queue=self.queue, now=self.clock(), max_attempts=self.max_attempts
-        )
-        return (await self.send_many([task]))[0]
+        return (await self._push([args], options))[0]
 
     async def push_many(
         self,
@@ -154,9 +151,12 @@ class Backend(ABC):
             max_attempts=max_attempts,
             metadata=metadata,
         )
-        now = self.clock()
+        return await self._push(args_list, options)
+
+    async def _push(self, args_list: Iterable[Any], options: PushOptions) -> list[TaskId]:
+        now, queue, max_attempts = self.clock(), self.queue, self.max_attempts
         tasks = [
-            options.build(args, queue=self.queue, now=now, max_attempts=self.max_attempts)
+            options.build(args, queue=queue, now=now, max_attempts=max_attempts)
             for args in args_list
         ]
         return await self.send_many(tasks)

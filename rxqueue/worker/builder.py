@@ -10,7 +10,7 @@ from rxqueue.errors import BuildError
 from rxqueue.worker.events import Event
 from rxqueue.worker.handler import inspect_handler
 from rxqueue.worker.layers import Layer
-from rxqueue.worker.worker import Worker
+from rxqueue.worker.worker import Worker, WorkerSettings
 
 
 class WorkerBuilder:
@@ -99,20 +99,17 @@ class WorkerBuilder:
         heartbeat = float(
             self._heartbeat_interval or getattr(backend, "heartbeat_interval", None) or 10.0
         )
-        worker = Worker(
-            self._name,
-            backend,
-            spec,
+        settings = WorkerSettings(
             concurrency=self._concurrency,
             prefetch=prefetch,
-            layers=tuple(self._layers),
-            data=dict(self._data),
-            clock=backend.clock,
             shutdown_timeout=self._shutdown_timeout,
             heartbeat_interval=heartbeat,
             ack_batch=self._ack_batch,
             ack_interval=self._ack_interval,
             idle_horizon=self._idle_horizon,
+        )
+        worker = Worker(
+            self._name, backend, spec, settings, layers=tuple(self._layers), data=self._data
         )
         for listener in self._listeners:
             worker.events.subscribe(on_next=listener)

@@ -16,6 +16,7 @@ import threading
 import types
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from reactivex import Observable
@@ -25,7 +26,6 @@ from reactivex.scheduler.eventloop import AsyncIOScheduler
 from reactivex.subject import Subject
 
 from rxqueue.backends.base import Backend
-from rxqueue.clock import Clock
 from rxqueue.errors import BackendError, CodecError, WorkerError
 from rxqueue.streams import ObservableIterator, to_async_iterable
 from rxqueue.task import Done, Killed, Outcome, Retry, Started, Task, Update
@@ -59,6 +59,19 @@ def _drive(coro: Coroutine[Any, Any, _R], pending: Any) -> Generator[Any, None, 
             return stop.value  # type: ignore[no-any-return]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerSettings:
+    """How a worker runs; ``WorkerBuilder`` fills it in and checks it."""
+
+    concurrency: int = 1
+    prefetch: int = 1  # the most claimed-but-unstarted tasks held
+    shutdown_timeout: float = 30.0
+    heartbeat_interval: float = 10.0
+    ack_batch: int = 256  # flush outcomes every this many tasks...
+    ack_interval: float = 0.005  # ...or this many seconds
+    idle_horizon: float = 60.0  # run_until_idle waits for tasks due this soon
+
+
 _DONE = Done()  # shared by every handler that returns None
 
 
@@ -75,30 +88,17 @@ class Worker:
         name: str,
         backend: Backend,
         handler: HandlerSpec,
+        settings: WorkerSettings,
         *,
-        concurrency: int,
-        prefetch: int,
-        layers: Sequence[Layer],
-        data: dict[type, Any],
-        clock: Clock,
-        shutdown_timeout: float,
-        heartbeat_interval: float,
-        ack_batch: int,
-        ack_interval: float,
-        idle_horizon: float,
+        layers: Sequence[Layer] = (),
+        data: dict[type, Any] | None = None,
     ) -> None:
         self.name = name
         self.backend = backend
         self.handler = handler
-        self.concurrency = concurrency
-        self.prefetch = prefetch
-        self.clock = clock
-        self.shutdown_timeout = shutdown_timeout
-        self.heartbeat_interval = heartbeat_interval
-        self.ack_batch = ack_batch
-        self.ack_interval = ack_interval
-        self.idle_horizon = idle_horizon
-        self._data = data
+        self.settings = settings
+        self.clock = backend.clock
+        self._data = dict(data or {})
         self._pipeline: Next = compose(layers, self._invoke)
         self._events: Subject[ev.Event] = Subject()
         self._running = False
@@ -138,7 +138,7 @@ class Worker:
         return await _Run(self, until_idle=True, handle_signals=False).execute()
 
     def __repr__(self) -> str:
-        return f"Worker({self.name!r}, backend={self.backend!r}, concurrency={self.concurrency})"
+        return f"Worker({self.name!r}, backend={self.backend!r})"
 
     # --- the innermost call ------------------------------------------------------------
 
@@ -179,8 +179,8 @@ class _Run:
         self.done = self.failed = self.retried = self.killed = self.released = 0
         self.ctx = WorkerContext(
             worker.name,
-            concurrency=worker.concurrency,
-            prefetch=worker.prefetch,
+            concurrency=worker.settings.concurrency,
+            prefetch=worker.settings.prefetch,
             clock=worker.clock,
             data=worker._data,
         )
@@ -199,7 +199,7 @@ class _Run:
         await worker.backend.register_worker(ctx)
         if worker._observed:
             worker._emit(ev.Started(worker.name, worker.clock()))
-        consumers = [loop.create_task(self._consume()) for _ in range(worker.concurrency)]
+        consumers = [loop.create_task(self._consume()) for _ in range(worker.settings.concurrency)]
         helpers = [loop.create_task(self._ack_loop()), loop.create_task(self._heartbeat_loop())]
         undo_signals = self._install_signals(loop)
         subscription: DisposableBase = Disposable()
@@ -246,7 +246,7 @@ class _Run:
         ctx = self.ctx
         # Claims in progress finish into the ledger; then unstarted tasks go back at once.
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.worker.shutdown_timeout):
+            async with asyncio.timeout(self.worker.settings.shutdown_timeout):
                 await ctx.wait_fetches_done()
         unstarted: list[Task[Any]] = list(ctx.in_transit.values())
         ctx.in_transit.clear()
@@ -264,7 +264,7 @@ class _Run:
         if self.in_flight:
             self.all_idle = asyncio.Event()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.worker.shutdown_timeout):
+                async with asyncio.timeout(self.worker.settings.shutdown_timeout):
                     await self.all_idle.wait()
         for consumer in consumers:
             consumer.cancel()
@@ -454,11 +454,11 @@ class _Run:
         else:
             self.failed += 1
             self.killed += 1
-        if len(self.updates) >= self.worker.ack_batch:
+        if len(self.updates) >= self.worker.settings.ack_batch:
             self.flush_now.set()
         elif self.flush_timer is None:
             self.flush_timer = asyncio.get_running_loop().call_later(
-                self.worker.ack_interval, self.flush_now.set
+                self.worker.settings.ack_interval, self.flush_now.set
             )
         if self.worker._observed:
             self._emit_outcome(task, outcome, started_at)
@@ -513,7 +513,7 @@ class _Run:
     async def _heartbeat_loop(self) -> None:
         backend, ctx = self.worker.backend, self.ctx
         while True:
-            await asyncio.sleep(self.worker.heartbeat_interval)
+            await asyncio.sleep(self.worker.settings.heartbeat_interval)
             try:
                 await backend.heartbeat(ctx)
                 await backend.reclaim()
@@ -536,7 +536,7 @@ class _Run:
             await self._flush()
             if self.buffer or self.in_flight or self.ctx.in_transit or not self.idle_marker:
                 return
-            has_work = await self.worker.backend.has_work(self.worker.idle_horizon)
+            has_work = await self.worker.backend.has_work(self.worker.settings.idle_horizon)
             if not has_work and not self.buffer and not self.in_flight:
                 self.stop.set()
         finally:
