@@ -59,13 +59,17 @@ class Progress:
 
 
 async def draw(progress: Progress, stop: asyncio.Event) -> None:
+    """Redraw in place on a terminal; print a line a second elsewhere (CI logs)."""
     live = sys.stdout.isatty()
     while not stop.is_set():
         if live:
             print("\r" + progress.line(), end="", flush=True)
-        await asyncio.sleep(0.1 if live else 1.0)
-        if not live:
-            print(progress.line(), flush=True)
+        try:
+            async with asyncio.timeout(0.1 if live else 1.0):
+                await stop.wait()
+        except TimeoutError:
+            if not live:
+                print(progress.line(), flush=True)
     print(("\r" if live else "") + progress.line(), flush=True)
 
 
@@ -126,7 +130,7 @@ async def main(path: Path, total: int, failure_rate: float, seed: int) -> None:
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--tasks", type=int, default=10_000)
-    parser.add_argument("--failure-rate", type=float, default=0.1)
+    parser.add_argument("--failure-rate", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--db", type=Path, help="database file (default: a temporary one)")
     args = parser.parse_args()
