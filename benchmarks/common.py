@@ -1,0 +1,168 @@
+"""Shared plumbing: interleaved repeats, medians, markdown tables, temp dirs."""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import math
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+Measure = Callable[[], float]
+"""One timed run; returns its figure (tasks/s, seconds, ...)."""
+
+SQLITE_MISSING = "rxqueue sqlite backend not available yet"
+ROOT = Path(__file__).resolve().parent.parent  # subprocesses run from here
+PROBES = (sys.executable, "-m", "benchmarks.probes")
+
+
+def interleave(runs: Mapping[str, Measure], repeat: int) -> dict[str, list[float]]:
+    """Run every measure ``repeat`` times, round-robin, so that drift hits all alike."""
+    results: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeat):
+        for name, run in runs.items():
+            gc.collect()
+            results[name].append(run())
+    return results
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in 0..100)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def fmt_rate(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:,.0f}"
+
+
+def fmt_ratio(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.2f}x"
+
+
+def fmt_ms(seconds: float) -> str:
+    return "n/a" if math.isnan(seconds) else f"{seconds * 1000:.2f} ms"
+
+
+@dataclass
+class Table:
+    """A markdown table with a title and footnotes, ready to paste in README."""
+
+    title: str
+    headers: Sequence[str]
+    rows: list[Sequence[str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, *cells: str) -> None:
+        self.rows.append(cells)
+
+    def render(self) -> str:
+        widths = [
+            max(len(str(row[i])) for row in [self.headers, *self.rows])
+            for i in range(len(self.headers))
+        ]
+
+        def line(cells: Sequence[str]) -> str:
+            return (
+                "| "
+                + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))
+                + " |"
+            )
+
+        rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+        body = [line(self.headers), rule, *(line(row) for row in self.rows)]
+        notes = [f"_{note}_" for note in self.notes]
+        return "\n".join([f"### {self.title}", "", *body, "", *notes]).rstrip() + "\n"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One line of the final combined table: a figure and its target, if any."""
+
+    benchmark: str
+    figure: str
+    target: str = ""
+    met: bool | None = None
+
+    @property
+    def status(self) -> str:
+        return {True: "met", False: "NOT met", None: "-"}[self.met]
+
+
+@dataclass
+class Report:
+    tables: list[Table] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)
+
+    def extend(self, other: Report) -> None:
+        self.tables.extend(other.tables)
+        self.verdicts.extend(other.verdicts)
+
+    def publish(self, other: Report) -> None:
+        """Print ``other``'s tables now, then add them and its verdicts to this report."""
+        for table in other.tables:
+            print(table.render(), flush=True)
+        self.extend(other)
+
+
+def rate_table(
+    title: str, results: Mapping[str, Sequence[float]], reference: str, label: str = "rxqueue"
+) -> Table:
+    """Medians of throughput runs, every run, and ``reference`` / each median."""
+    table = Table(title, ("run", "tasks/s (median)", "all runs", f"{label} / this"))
+    ref = median(results.get(reference, []))
+    for name, runs in results.items():
+        value = median(runs)
+        ratio = "-" if name == reference else fmt_ratio(ref / value)
+        table.add(name, fmt_rate(value), " / ".join(fmt_rate(r) for r in runs), ratio)
+    return table
+
+
+def ratio(results: Mapping[str, Sequence[float]], top: str, bottom: str) -> float:
+    """``median(top) / median(bottom)``; NaN if either is missing."""
+    if not results.get(top) or not results.get(bottom):
+        return math.nan
+    return median(results[top]) / median(results[bottom])
+
+
+def summary_table(verdicts: Sequence[Verdict]) -> Table:
+    table = Table("Summary", ("benchmark", "figure (median)", "target", "status"))
+    for v in verdicts:
+        table.add(v.benchmark, v.figure, v.target or "-", v.status)
+    return table
+
+
+@contextmanager
+def temp_dir(tag: str) -> Iterator[Path]:
+    """A fresh directory under /tmp, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix=f"rxqueue-bench-{tag}-", dir="/tmp") as path:
+        yield Path(path)
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path.resolve()}"  # absolute path: four slashes
+
+
+def sqlite_backend_available() -> bool:
+    return importlib.util.find_spec("rxqueue.backends.sqlite") is not None
+
+
+def payloads(n: int, first: int = 0) -> list[dict[str, int]]:
+    """The task payloads every benchmark pushes: ``{"i": i}``."""
+    return [{"i": i} for i in range(first, first + n)]
+
+
+async def noop(job: object) -> None:
+    """The handler every throughput benchmark runs."""
