@@ -80,6 +80,9 @@ def poll(
         )
     doorbell = wakeup or Wakeup()
     limit = batch_size or max(1, ctx.prefetch)
+    # Claim again once half a batch is free: the next claim runs in the store
+    # while the worker still has tasks to start, instead of after it ran dry.
+    low_water = max(1, limit // 2)
 
     def subscribe(
         observer: abc.ObserverBase[Task[Any] | None], _: abc.SchedulerBase | None = None
@@ -89,9 +92,10 @@ def poll(
         async def run() -> None:
             delay = interval
             while not disposed:
+                if ctx.free_capacity < low_water:
+                    await ctx.wait_for_capacity(low_water)
                 wanted = ctx.reserve(limit)
                 if wanted == 0:
-                    await ctx.wait_for_capacity()
                     continue
                 try:
                     tasks = await fetch_many(wanted)
@@ -126,7 +130,7 @@ def poll(
             # in progress is never interrupted (its tasks must reach the ledger).
             nonlocal disposed
             disposed = True
-            ctx.capacity_changed()
+            ctx.wake()
             doorbell.notify()
 
         return Disposable(dispose)

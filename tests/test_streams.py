@@ -164,3 +164,44 @@ async def test_observable_as_async_iterable_and_disposal_on_break() -> None:
     with pytest.raises(ValueError, match="bad"):
         async for _ in to_async_iterable(reactivex.throw(ValueError("bad"))):
             pass
+
+
+async def test_poll_claims_again_at_half_a_batch_not_per_started_task() -> None:
+    ctx = context(prefetch=4)
+    asked: list[int] = []
+    store = [Task(args=n) for n in range(20)]
+
+    async def fetch_many(n: int) -> list[Task[Any]]:
+        asked.append(n)
+        taken, store[:n] = store[:n], []
+        return taken
+
+    held: list[Task[Any]] = []
+
+    def on_next(task: Any) -> None:
+        # The worker's part of the ledger: a task moves from in transit to buffered.
+        ctx.in_transit.pop(task.id)
+        ctx.buffered += 1
+        held.append(task)
+
+    async def start(count: int) -> None:
+        for _ in range(count):
+            held.pop(0)
+            ctx.buffered -= 1
+            ctx.capacity_changed()
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    subscription = poll(fetch_many, ctx, interval=0.001).subscribe(on_next=on_next)
+    await start(0)
+    assert asked == [4]
+    await start(1)
+    assert asked == [4]  # one free slot: not worth a claim while tasks wait
+    await start(1)
+    assert asked == [4, 2]  # half a batch free: claim while two tasks still wait
+    await start(4)
+    assert asked == [4, 2, 4]  # ran dry: claims a full batch
+    await start(3)
+    assert asked == [4, 2, 4, 3]  # three free: claims three, never more than free
+    subscription.dispose()
+    assert ctx.free_capacity == 0 and len(held) == 4

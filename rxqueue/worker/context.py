@@ -42,6 +42,7 @@ class WorkerContext:
         self._reserved = 0  # slots a fetcher is claiming right now
         self._fetching = 0
         self._capacity = asyncio.Event()
+        self._wanted = 1  # the free capacity a waiting fetcher asked for
         self._fetches_done = asyncio.Event()
         self._fetches_done.set()
         self.stopping = False
@@ -79,14 +80,27 @@ class WorkerContext:
             if self._fetching == 0:
                 self._fetches_done.set()
 
-    async def wait_for_capacity(self) -> None:
-        """Return once :attr:`free_capacity` may be positive, or when woken to re-check
-        (a task started, or the fetcher was disposed)."""
-        if self.free_capacity <= 0:
-            self._capacity.clear()
-            await self._capacity.wait()
+    async def wait_for_capacity(self, at_least: int = 1) -> None:
+        """Return once :attr:`free_capacity` reaches ``at_least``, or is positive while
+        the worker has run dry (a small claim then beats idling), or when woken by
+        :meth:`wake`. Callers re-check: a return is a hint, not a promise."""
+        if self._enough(at_least):
+            return
+        self._wanted = at_least
+        self._capacity.clear()
+        await self._capacity.wait()
+
+    def _enough(self, at_least: int) -> bool:
+        free = self.free_capacity
+        return free >= at_least or (free > 0 and not self.buffered and not self.in_transit)
 
     def capacity_changed(self) -> None:
+        """A task left the buffer: wake a waiting fetcher if it now has enough room."""
+        if not self._capacity.is_set() and self._enough(self._wanted):
+            self._capacity.set()
+
+    def wake(self) -> None:
+        """Wake a waiting fetcher unconditionally (it is being disposed)."""
         self._capacity.set()
 
     async def wait_fetches_done(self) -> None:
