@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-import os
+import random
 import threading
 import time
 from collections.abc import Mapping
@@ -39,8 +39,10 @@ READY: Final = frozenset({Status.PENDING, Status.FAILED})
 class _IdSource:
     """UUIDv7 text ids: sortable by creation time, unique across processes.
 
-    A 12-bit counter in ``rand_a`` keeps ids from one process strictly
-    increasing within the same millisecond.
+    48 bits of milliseconds, a 12-bit counter (``rand_a``) that keeps ids from
+    one process strictly increasing within a millisecond, and 62 random bits.
+    ``random`` (reseeded in forked children) rather than ``os.urandom``: ids
+    are not secrets, and the system call costs a third of the time.
     """
 
     def __init__(self) -> None:
@@ -60,10 +62,14 @@ class _IdSource:
             else:
                 self._last_ms, self._seq = ms, 0
             seq = self._seq
-        value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62)
-        value |= int.from_bytes(os.urandom(8)) >> 2
-        h = f"{value:032x}"
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        tail = random.getrandbits(62) | 0x8000000000000000  # variant bits 10
+        return "%08x-%04x-%04x-%04x-%012x" % (  # noqa: UP031  (measured faster than f-strings)
+            ms >> 16,
+            ms & 0xFFFF,
+            0x7000 | seq,
+            tail >> 48,
+            tail & 0xFFFFFFFFFFFF,
+        )
 
 
 new_task_id = _IdSource()
@@ -139,15 +145,22 @@ class PushOptions:
 
     def build(self, args: Any, *, queue: str, now: float, max_attempts: int) -> Task[Any]:
         run_at = now + (self.delay or 0.0) if self.run_at is None else to_timestamp(self.run_at)
-        return Task(
-            id=self.task_id or new_task_id(),
-            queue=queue,
-            args=args,
-            priority=self.priority,
-            max_attempts=self.max_attempts or max_attempts,
-            run_at=run_at,
-            created_at=now,
-            metadata=dict(self.metadata or {}),
+        return task_from_fields(  # every field, in declaration order
+            self.task_id or new_task_id(),
+            queue,
+            args,
+            Status.PENDING,
+            0,
+            self.max_attempts or max_attempts,
+            self.priority,
+            run_at,
+            now,
+            None,
+            None,
+            None,
+            None,
+            None,
+            dict(self.metadata or {}),
         )
 
 
