@@ -56,8 +56,10 @@ def test_builder_names_what_is_missing_or_wrong() -> None:
         WorkerBuilder("w").build(handle)
     with pytest.raises(BuildError, match="non-empty name"):
         WorkerBuilder("  ")
-    with pytest.raises(BuildError, match="concurrency must be a positive number"):
+    with pytest.raises(BuildError, match="concurrency must be a whole number >= 1"):
         WorkerBuilder("w").concurrency(0)
+    with pytest.raises(BuildError, match=r"prefetch must be a whole number >= 1, got 2\.5"):
+        WorkerBuilder("w").prefetch(2.5)  # type: ignore[arg-type]
     with pytest.raises(BuildError, match="takes a function"):
         from rxqueue import BackendBuilder
 
@@ -384,7 +386,7 @@ async def test_stop_past_the_shutdown_timeout_cancels_and_requeues_the_attempt()
     assert cancelled.is_set() and summary.retried == 1
     task = await backend.get(task_id)
     assert task is not None and (task.status, task.attempts) == (Status.FAILED, 1)
-    assert task.last_error == "worker stopped during the attempt"
+    assert task.last_error == "WorkerStopped: the worker stopped during the attempt"
 
 
 async def test_a_worker_cannot_run_twice_at_once() -> None:
@@ -522,3 +524,22 @@ async def test_any_payload_bytes_fail_at_most_their_own_task(payloads: list[byte
         assert isinstance(outcome, Done | Killed)
         if isinstance(outcome, Killed):
             assert outcome.error.startswith("CodecError")
+
+
+async def test_an_interrupted_last_attempt_kills_the_task() -> None:
+    backend = memory()
+    task_id = await backend.push(Job(1), max_attempts=1)
+    started = asyncio.Event()
+
+    async def handle(job: Job) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    worker = WorkerBuilder("w").backend(backend).shutdown_timeout(0.01).build(handle)
+    running = asyncio.create_task(worker.run(handle_signals=False))
+    async with asyncio.timeout(10):
+        await started.wait()
+        worker.stop()
+        summary = await running
+    task = await backend.get(task_id)
+    assert summary.killed == 1 and task is not None and task.status is Status.KILLED

@@ -43,12 +43,12 @@ class WorkerBuilder:
 
     def concurrency(self, n: int) -> Self:
         """How many handlers run at once (consumer coroutines)."""
-        self._concurrency = _positive("concurrency", n)
+        self._concurrency = _count("concurrency", n)
         return self
 
     def prefetch(self, n: int) -> Self:
         """The most claimed-but-unstarted tasks held (default: concurrency x batch size)."""
-        self._prefetch = _positive("prefetch", n)
+        self._prefetch = _count("prefetch", n)
         return self
 
     def layer(self, layer: Layer) -> Self:
@@ -79,7 +79,7 @@ class WorkerBuilder:
 
     def ack_batch(self, size: int, interval: float = 0.005) -> Self:
         """Flush outcomes to the store every ``size`` tasks or ``interval`` seconds."""
-        self._ack_batch = _positive("ack_batch size", size)
+        self._ack_batch = _count("ack_batch size", size)
         self._ack_interval = _positive("ack_batch interval", interval)
         return self
 
@@ -119,6 +119,12 @@ class WorkerBuilder:
 def _positive(what: str, value: float) -> Any:
     if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
         raise BuildError(f"{what} must be a positive number, got {value!r}")
+    return value
+
+
+def _count(what: str, value: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise BuildError(f"{what} must be a whole number >= 1, got {value!r}")
     return value
 
 

@@ -26,6 +26,7 @@ from reactivex.scheduler.eventloop import AsyncIOScheduler
 from reactivex.subject import Subject
 
 from rxqueue.backends.base import Backend
+from rxqueue.backoff import constant
 from rxqueue.errors import BackendError, CodecError, WorkerError
 from rxqueue.streams import ObservableIterator, to_async_iterable
 from rxqueue.task import Done, Killed, Outcome, Retry, Started, Task, Update
@@ -75,9 +76,20 @@ class WorkerSettings:
 _DONE = Done()  # shared by every handler that returns None
 
 
-def _interrupted(now: float) -> Retry:
-    """The outcome of an attempt cut short by a stop past the shutdown timeout."""
-    return Retry(now, "worker stopped during the attempt")
+def _interrupted(task: Task[Any], now: float) -> Outcome:
+    """An attempt cut short by a stop past the shutdown timeout: it counts, and the
+    task runs again at once unless that was its last attempt."""
+    return failure_outcome(task, WorkerStopped(), now=now, backoff=_AT_ONCE)
+
+
+class WorkerStopped(Exception):
+    """The worker stopped during the attempt."""
+
+    def __str__(self) -> str:
+        return "the worker stopped during the attempt"
+
+
+_AT_ONCE = constant(0.0)
 
 
 class Worker:
@@ -380,7 +392,7 @@ class _Run:
                         outcome = await step
                 except asyncio.CancelledError:
                     # Stopping past the shutdown timeout: the attempt ends here.
-                    self._record(item, _interrupted(clock()), started_at)
+                    self._record(item, _interrupted(item, clock()), started_at)
                     raise
                 except Exception as error:
                     outcome = failure_outcome(item, error, now=clock())
@@ -433,7 +445,7 @@ class _Run:
             result = await self._attempt(spec.call(payloads, TaskContext(good[0], self.ctx)))
         except asyncio.CancelledError:
             for task in good:
-                self._record(task, _interrupted(worker.clock()), started_at)
+                self._record(task, _interrupted(task, worker.clock()), started_at)
             raise
         except Exception as error:
             now = worker.clock()
