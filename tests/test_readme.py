@@ -45,3 +45,4 @@ async def test_readme_blocks_run_in_order(
     assert "Sending to grace@example.com (attempt 1)" in printed
     assert "one SMTP session for" in printed
     assert "Stopped" in printed
+    assert "Abort: nothing to charge" in printed  # from the aiostream pipeline
