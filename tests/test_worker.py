@@ -314,16 +314,21 @@ async def test_events_as_an_async_iterable() -> None:
     assert collected[0] == "Started" and collected[-1] == "Stopped" and "Succeeded" in collected
 
 
-async def test_a_failing_fetcher_stops_the_worker_with_a_hint() -> None:
+def broken_store(error: Exception) -> Any:
+    """A custom backend whose fetcher fails at once with ``error``."""
     from rxqueue import BackendBuilder
 
-    backend = (
+    return (
         BackendBuilder()
         .database(None)
-        .fetcher(lambda db, cfg, ctx: reactivex.throw(ConnectionError("db gone")))
+        .fetcher(lambda db, cfg, ctx: reactivex.throw(error))
         .sink(lambda db, cfg: lambda task: None)
         .build()
     )
+
+
+async def test_a_failing_fetcher_stops_the_worker_with_a_hint() -> None:
+    backend = broken_store(ConnectionError("db gone"))
 
     async def handle(job: Any) -> None: ...
 
@@ -404,17 +409,9 @@ async def test_a_worker_cannot_run_twice_at_once() -> None:
 
 
 async def test_monitor_runs_workers_and_reports_a_crash() -> None:
-    from rxqueue import BackendBuilder
-
     good_backend = memory()
     await good_backend.push(Job(1))
-    broken = (
-        BackendBuilder()
-        .database(None)
-        .fetcher(lambda db, cfg, ctx: reactivex.throw(RuntimeError("broken store")))
-        .sink(lambda db, cfg: lambda task: None)
-        .build()
-    )
+    broken = broken_store(RuntimeError("broken store"))
     handled = asyncio.Event()
 
     async def handle(job: Job) -> None:
