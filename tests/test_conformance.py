@@ -464,3 +464,29 @@ async def test_stopping_at_any_point_loses_nothing_and_repeats_nothing(
         assert stats[Status.DONE] == sum(seen.values())
     await run_idle(WorkerBuilder("second").backend(backend), handle)
     assert seen == Counter(range(count))
+
+
+async def test_a_running_task_shows_as_running_in_the_store(kit: BackendKit) -> None:
+    backend = await kit.make()
+    require(backend, Capability.GET)
+    task_id = await backend.push(Job(1))
+    started, proceed = asyncio.Event(), asyncio.Event()
+
+    async def handle(job: Job) -> None:
+        started.set()
+        await proceed.wait()
+
+    worker = WorkerBuilder("w").backend(backend).build(handle)
+    running = asyncio.create_task(worker.run_until_idle())
+    async with asyncio.timeout(RUN_LIMIT):
+        await started.wait()
+        # The Started marker is flushed within the worker's ack interval (5 ms).
+        while (
+            task := await backend.get(task_id)
+        ) is not None and task.status is not Status.RUNNING:
+            await asyncio.sleep(0.005)
+        assert task is not None and task.lock_by == "w"
+        proceed.set()
+        await running
+    done = await backend.get(task_id)
+    assert done is not None and done.status is Status.DONE

@@ -410,6 +410,7 @@ class _Run:
         self.runnable -= 1
         if self.buffer and self.runnable <= 0:
             self._wake_consumer()
+        self._flush_soon()  # a slow task shows as Running even if nothing else finishes
         try:
             return await _drive(coro, pending)
         finally:
@@ -468,12 +469,17 @@ class _Run:
             self.killed += 1
         if len(self.updates) >= self.worker.settings.ack_batch:
             self.flush_now.set()
-        elif self.flush_timer is None:
+        else:
+            self._flush_soon()
+        if self.worker._observed:
+            self._emit_outcome(task, outcome, started_at)
+
+    def _flush_soon(self) -> None:
+        """Flush within ``ack_interval``: one timer per flush, not per task."""
+        if self.flush_timer is None:
             self.flush_timer = asyncio.get_running_loop().call_later(
                 self.worker.settings.ack_interval, self.flush_now.set
             )
-        if self.worker._observed:
-            self._emit_outcome(task, outcome, started_at)
 
     def _emit_outcome(self, task: Task[Any], outcome: Outcome, started_at: float) -> None:
         worker, name, attempt = self.worker, self.worker.name, task.attempts + 1
