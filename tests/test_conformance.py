@@ -29,6 +29,7 @@ from rxqueue import (
     layers,
 )
 from rxqueue.backoff import constant
+from rxqueue.task import Started
 from rxqueue.worker.context import WorkerContext
 from tests.conftest import BackendKit, require
 
@@ -470,7 +471,15 @@ async def test_a_running_task_shows_as_running_in_the_store(kit: BackendKit) -> 
     backend = await kit.make()
     require(backend, Capability.GET)
     task_id = await backend.push(Job(1))
-    started, proceed = asyncio.Event(), asyncio.Event()
+    started, proceed, marked = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    report = backend.report
+
+    async def spying_report(updates: Any, ctx: WorkerContext) -> None:
+        await report(updates, ctx)
+        if any(isinstance(update, Started) for _, update in updates):
+            marked.set()
+
+    backend.report = spying_report  # type: ignore[method-assign]
 
     async def handle(job: Job) -> None:
         started.set()
@@ -480,12 +489,9 @@ async def test_a_running_task_shows_as_running_in_the_store(kit: BackendKit) -> 
     running = asyncio.create_task(worker.run_until_idle())
     async with asyncio.timeout(RUN_LIMIT):
         await started.wait()
-        # The Started marker is flushed within the worker's ack interval (5 ms).
-        while (
-            task := await backend.get(task_id)
-        ) is not None and task.status is not Status.RUNNING:
-            await asyncio.sleep(0.005)
-        assert task is not None and task.lock_by == "w"
+        await marked.wait()  # flushed within the ack interval, with nothing else finishing
+        task = await backend.get(task_id)
+        assert task is not None and (task.status, task.lock_by) == (Status.RUNNING, "w")
         proceed.set()
         await running
     done = await backend.get(task_id)
