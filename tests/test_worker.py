@@ -368,6 +368,16 @@ async def test_ops_retry_resubscribes_a_failing_fetcher() -> None:
 # --- stopping ---------------------------------------------------------------------------
 
 
+async def stop_once_started(backend: MemoryBackend, handle: Any, started: asyncio.Event) -> Any:
+    """Run a worker with a 10 ms shutdown timeout; stop it once ``started`` is set."""
+    worker = WorkerBuilder("w").backend(backend).shutdown_timeout(0.01).build(handle)
+    running = asyncio.create_task(worker.run(handle_signals=False))
+    async with asyncio.timeout(10):
+        await started.wait()
+        worker.stop()
+        return await running
+
+
 async def test_stop_past_the_shutdown_timeout_cancels_and_requeues_the_attempt() -> None:
     backend = memory()
     task_id = await backend.push(Job(1), max_attempts=3)
@@ -382,12 +392,7 @@ async def test_stop_past_the_shutdown_timeout_cancels_and_requeues_the_attempt()
             cancelled.set()
             raise
 
-    worker = WorkerBuilder("w").backend(backend).shutdown_timeout(0.01).build(handle)
-    running = asyncio.create_task(worker.run(handle_signals=False))
-    async with asyncio.timeout(10):
-        await started.wait()
-        worker.stop()
-        summary = await running
+    summary = await stop_once_started(backend, handle, started)
     assert cancelled.is_set() and summary.retried == 1
     task = await backend.get(task_id)
     assert task is not None and (task.status, task.attempts) == (Status.FAILED, 1)
@@ -532,11 +537,6 @@ async def test_an_interrupted_last_attempt_kills_the_task() -> None:
         started.set()
         await asyncio.Event().wait()
 
-    worker = WorkerBuilder("w").backend(backend).shutdown_timeout(0.01).build(handle)
-    running = asyncio.create_task(worker.run(handle_signals=False))
-    async with asyncio.timeout(10):
-        await started.wait()
-        worker.stop()
-        summary = await running
+    summary = await stop_once_started(backend, handle, started)
     task = await backend.get(task_id)
     assert summary.killed == 1 and task is not None and task.status is Status.KILLED
