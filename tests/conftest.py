@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -56,8 +55,6 @@ class BackendKit:
 
 @pytest.fixture(params=BACKENDS)
 async def kit(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BackendKit]:
-    if request.param == "sqlite" and importlib.util.find_spec("rxqueue.backends.sqlite") is None:
-        pytest.skip("the SQLite backend module is not present")
     made = BackendKit(request.param, tmp_path)
     yield made
     await made.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,4 +123,3 @@ async def test_pipe_keeps_store_sink_and_acker_and_composes_the_fetcher() -> Non
     assert piped.batch_size_hint == 3 and backend.batch_size_hint == 1
     with pytest.raises(UnsupportedOperation, match="does not support get"):
         await piped.get("x")
-    await asyncio.sleep(0)

@@ -39,8 +39,7 @@ class WorkerContext:
         # Claimed by a fetcher, not yet in the worker's buffer (e.g. held by an operator).
         self.in_transit: dict[TaskId, Task[Any]] = {}
         self.buffered = 0  # tasks in the worker's buffer, not started
-        self._reserved = 0  # slots a fetcher is claiming right now
-        self._fetching = 0
+        self._reserved = 0  # slots reserved by claims in progress
         self._capacity = asyncio.Event()
         self._wanted = 1  # the free capacity a waiting fetcher asked for
         self._fetches_done = asyncio.Event()
@@ -63,10 +62,8 @@ class WorkerContext:
         """
         granted = min(wanted, self.free_capacity)
         if granted > 0:
+            self._fetches_done.clear()
             self._reserved += granted
-            if self._fetching == 0:
-                self._fetches_done.clear()
-            self._fetching += 1
         return granted
 
     def claimed(self, reserved: int, tasks: Iterable[Task[Any]]) -> None:
@@ -76,8 +73,7 @@ class WorkerContext:
             in_transit[task.id] = task
         if reserved:
             self._reserved -= reserved
-            self._fetching -= 1
-            if self._fetching == 0:
+            if self._reserved == 0:
                 self._fetches_done.set()
 
     async def wait_for_capacity(self, at_least: int = 1) -> None:

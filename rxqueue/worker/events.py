@@ -108,13 +108,5 @@ class Stopped:
 
 
 Event: TypeAlias = (
-    Started
-    | Idle
-    | Succeeded
-    | Failed
-    | Retrying
-    | Killed
-    | FetcherError
-    | AckError
-    | Stopped
+    Started | Idle | Succeeded | Failed | Retrying | Killed | FetcherError | AckError | Stopped
 )

@@ -71,14 +71,18 @@ def inspect_handler(handler: Callable[..., Any], codec: Codec = DEFAULT_CODEC) -
     )
     call: Call
     if is_async:
-        call = (lambda args, ctx: handler(args, ctx)) if takes_ctx else (
-            lambda args, ctx: handler(args)
+        call = (
+            (lambda args, ctx: handler(args, ctx))
+            if takes_ctx
+            else (lambda args, ctx: handler(args))
         )
     else:
 
         def call(args: Any, ctx: TaskContext) -> Awaitable[Any]:
-            bound = functools.partial(handler, args, ctx) if takes_ctx else functools.partial(
-                handler, args
+            bound = (
+                functools.partial(handler, args, ctx)
+                if takes_ctx
+                else functools.partial(handler, args)
             )
             return asyncio.to_thread(bound)
 

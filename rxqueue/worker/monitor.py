@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import signal
-import threading
 from collections.abc import Callable
 from typing import Any, Self
 
 from rxqueue.worker.events import RunSummary
-from rxqueue.worker.worker import Worker
+from rxqueue.worker.worker import Worker, stop_on_signals
 
 
 class Monitor:
@@ -40,22 +38,11 @@ class Monitor:
         """Run every worker until all have stopped; name -> summary or the crash."""
         if not self._workers:
             raise ValueError("nothing to run: register workers with Monitor().register(worker)")
-        loop = asyncio.get_running_loop()
-        handled = []
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                try:
-                    loop.add_signal_handler(sig, self.stop)
-                    handled.append(sig)
-                except (NotImplementedError, RuntimeError):
-                    pass
+        undo_signals = stop_on_signals(asyncio.get_running_loop(), self.stop)
         try:
-            results = await asyncio.gather(
-                *(self._supervise(worker) for worker in self._workers)
-            )
+            results = await asyncio.gather(*(self._supervise(worker) for worker in self._workers))
         finally:
-            for sig in handled:
-                loop.remove_signal_handler(sig)
+            undo_signals()
         return dict(zip((worker.name for worker in self._workers), results, strict=True))
 
     async def _supervise(self, worker: Worker) -> RunSummary | BaseException:

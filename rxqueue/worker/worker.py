@@ -29,7 +29,7 @@ from rxqueue.backends.base import Backend
 from rxqueue.backoff import constant
 from rxqueue.errors import BackendError, CodecError, WorkerError
 from rxqueue.streams import ObservableIterator, to_async_iterable
-from rxqueue.task import Done, Killed, Outcome, Retry, Started, Task, Update
+from rxqueue.task import Done, Outcome, Retry, Started, Task, Update
 from rxqueue.worker import events as ev
 from rxqueue.worker.context import TaskContext, WorkerContext
 from rxqueue.worker.handler import HandlerSpec
@@ -92,6 +92,31 @@ class WorkerStopped(Exception):
 _AT_ONCE = constant(0.0)
 
 
+def stop_on_signals(
+    loop: asyncio.AbstractEventLoop, stop: Callable[[], None]
+) -> Callable[[], None]:
+    """Call ``stop`` on SIGINT or SIGTERM (main thread only); returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return _nothing
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError):
+            pass
+
+    def undo() -> None:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+    return undo
+
+
+def _nothing() -> None:
+    pass
+
+
 class Worker:
     """Runs a handler over a backend's fetcher. Build one with ``WorkerBuilder``."""
 
@@ -115,7 +140,6 @@ class Worker:
         self._events: Subject[ev.Event] = Subject()
         self._running = False
         self._stop_requested: asyncio.Event | None = None
-        self.ctx: WorkerContext | None = None
 
     # --- public face -------------------------------------------------------------------
 
@@ -205,7 +229,6 @@ class _Run:
             raise WorkerError(f"worker {worker.name!r} is already running")
         worker._running = True
         worker._stop_requested = self.stop
-        worker.ctx = ctx
         loop = asyncio.get_running_loop()
         began = loop.time()
         await worker.backend.register_worker(ctx)
@@ -213,7 +236,7 @@ class _Run:
             worker._emit(ev.Started(worker.name, worker.clock()))
         consumers = [loop.create_task(self._consume()) for _ in range(worker.settings.concurrency)]
         helpers = [loop.create_task(self._ack_loop()), loop.create_task(self._heartbeat_loop())]
-        undo_signals = self._install_signals(loop)
+        undo_signals = stop_on_signals(loop, self.stop.set) if self.handle_signals else _nothing
         subscription: DisposableBase = Disposable()
         try:
             subscription = worker.backend.fetcher(ctx).subscribe(
@@ -281,23 +304,6 @@ class _Run:
         for consumer in consumers:
             consumer.cancel()
         await asyncio.gather(*consumers, return_exceptions=True)
-
-    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
-        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        installed = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, self.stop.set)
-                installed.append(sig)
-            except (NotImplementedError, RuntimeError):
-                pass
-
-        def undo() -> None:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
-
-        return undo
 
     # --- the fetcher's observer ---------------------------------------------------------
 
@@ -437,7 +443,7 @@ class _Run:
                 payloads.append(spec.decode(task, spec.convert_item))
                 good.append(task)
             except CodecError as error:
-                self._record(task, Killed(describe(error)), started_at)
+                self._record(task, failure_outcome(task, error, now=started_at), started_at)
         if not good:
             return
         for task in good:
