@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+NOT_CALLABLE = 42  # for the "handler is not callable" error
+
 
 async def greet(payload: dict[str, str]) -> str:
     return f"hello {payload['name']}"
