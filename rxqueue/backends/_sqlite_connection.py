@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar, cast
 import aiosqlite
 
 from rxqueue.backends import _sqlite_schema as schema
-from rxqueue.errors import BackendError
+from rxqueue.errors import BackendClosed, BackendError
 
 R = TypeVar("R")
 
@@ -146,7 +146,7 @@ class Connection:
     async def run(self, job: Job[R]) -> R:
         """Queue ``job`` for the next hop and wait for its result."""
         if self._closed:
-            raise BackendError(f"the SQLite backend for {self.path} is closed; open a new one")
+            raise BackendClosed(f"the SQLite backend for {self.path} is closed; open a new one")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._queued.append((job, future))
@@ -190,7 +190,12 @@ class Connection:
         if self._conn is None:
             conn = await _open(self.target, uri=self.uri, busy_timeout=self.busy_timeout)
             try:
-                prepare = partial(schema.prepare, path=self.path, durability=self.durability)
+                prepare = partial(
+                    schema.prepare,
+                    path=self.path,
+                    durability=self.durability,
+                    busy_timeout=self.busy_timeout,
+                )
                 await _call(conn, prepare)
             except BaseException:
                 await conn.close()

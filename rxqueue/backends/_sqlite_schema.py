@@ -13,9 +13,10 @@ anything in it is touched.
 from __future__ import annotations
 
 import sqlite3
+import time
 from typing import Final, Literal
 
-from rxqueue.errors import BackendError, SchemaError
+from rxqueue.errors import BackendError, BackendUnavailable, SchemaError
 
 Durability = Literal["normal", "full"]
 
@@ -75,31 +76,52 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
 _TABLES: Final = ("tasks", "workers")
 
 
-def prepare(conn: sqlite3.Connection, *, path: str, durability: Durability) -> None:
+def prepare(
+    conn: sqlite3.Connection, *, path: str, durability: Durability, busy_timeout: float
+) -> None:
     """Check the schema version, set the pragmas, and migrate if needed.
 
     The version is read first, so a newer file is refused before ``journal_mode``
-    (which rewrites the header) or anything else writes to it.
+    (which rewrites the header) or anything else writes to it. ``busy_timeout``
+    bounds the retries of the steps that SQLite fails at once when another
+    process is opening the same file.
     """
     version = _user_version(conn)
     if version > SCHEMA_VERSION:
         raise _newer(path, version)
-    conn.execute("PRAGMA journal_mode = WAL")
+    try:
+        # SQLite answers a racing switch to WAL with SQLITE_BUSY at once, without
+        # calling the busy handler (two openers that both hold the shared lock
+        # would deadlock waiting for the exclusive one): these retries stand in.
+        _retry_busy(conn, "PRAGMA journal_mode = WAL", busy_timeout)
+    except sqlite3.OperationalError as exc:
+        if not _is_busy(exc):
+            raise
+        raise BackendUnavailable(
+            f"SQLite database {path}: could not switch it to WAL mode: another process "
+            f"held the file while opening it, through {busy_timeout:g}s of retries. A "
+            "program that keeps the file open in rollback-journal mode, or in a long "
+            "transaction, does this; try again once it lets go "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
     conn.execute(f"PRAGMA synchronous = {'FULL' if durability == 'full' else 'NORMAL'}")
     conn.execute("PRAGMA temp_store = MEMORY")
     if version < SCHEMA_VERSION:
-        migrate(conn, path=path)
+        migrate(conn, path=path, busy_timeout=busy_timeout)
     else:
         _check_tables(conn, path=path, version=version)
 
 
-def migrate(conn: sqlite3.Connection, *, path: str) -> None:
+def migrate(conn: sqlite3.Connection, *, path: str, busy_timeout: float) -> None:
     """Apply the missing migrations in one write transaction.
 
     The version is read again under the write lock: of several processes
     opening a new file at once, one creates the tables and the others see it.
     """
-    conn.execute("BEGIN IMMEDIATE")
+    # BEGIN IMMEDIATE waits in the busy handler; a busy answer that comes sooner
+    # (none was seen in testing, unlike the WAL switch) is retried until the
+    # same deadline, which a full wait in the handler has already passed.
+    _retry_busy(conn, "BEGIN IMMEDIATE", busy_timeout)
     try:
         version = _user_version(conn)
         if version > SCHEMA_VERSION:
@@ -122,6 +144,37 @@ def migrate(conn: sqlite3.Connection, *, path: str) -> None:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+# First pause and cap of the retries: a racing opener holds the file for well
+# under a millisecond, so start short; cap so a long wait still polls often.
+_FIRST_PAUSE: Final = 0.001
+_MAX_PAUSE: Final = 0.05
+
+
+def _retry_busy(conn: sqlite3.Connection, sql: str, timeout: float) -> None:
+    """Run ``sql``, again after growing pauses while SQLite says busy, for up to
+    ``timeout`` seconds; then the last busy error is raised.
+
+    Runs on the connection's thread, so sleeping blocks nothing else.
+    """
+    deadline = time.monotonic() + timeout
+    pause = _FIRST_PAUSE
+    while True:
+        try:
+            conn.execute(sql)
+            return
+        except sqlite3.OperationalError as exc:
+            left = deadline - time.monotonic()
+            if not _is_busy(exc) or left <= 0:
+                raise
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, _MAX_PAUSE)
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_BUSY
 
 
 def _user_version(conn: sqlite3.Connection) -> int:
@@ -164,6 +217,14 @@ _HINTS: Final = {
     sqlite3.SQLITE_LOCKED: (
         "a table is locked by another statement on the same connection; retry the operation"
     ),
+    sqlite3.SQLITE_PROTOCOL: (
+        "another process raced this one for the WAL file's locks; retry the operation"
+    ),
+    sqlite3.SQLITE_NOMEM: "SQLite ran out of memory; retry once this process has memory to spare",
+    sqlite3.SQLITE_SCHEMA: (
+        "the schema changed while the statement ran (another process migrated the "
+        "file); retry the operation"
+    ),
     sqlite3.SQLITE_READONLY: (
         "the database is read-only (file permissions, a read-only mount, or mode=ro). "
         "rxqueue writes on every claim and ack: give it a writable file, in a writable "
@@ -188,15 +249,32 @@ _HINTS: Final = {
     sqlite3.SQLITE_IOERR: "a disk I/O error occurred: check the disk and the file system",
 }
 
+# Primary result codes for which the same operation may succeed later, unchanged:
+# someone else's lock, a lock race, a passing shortage. Every other code (read-only,
+# full, corrupt, not a database, cannot open, I/O error, ...) needs a fix first.
+TRANSIENT: Final = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_PROTOCOL,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_SCHEMA,
+    }
+)
+
 
 def translate(exc: sqlite3.Error, *, path: str, busy_timeout: float) -> BackendError:
     """A :class:`BackendError` naming the file, what went wrong and what to do.
 
-    The caller chains it (``raise translate(exc, ...) from exc``).
+    :class:`BackendUnavailable` when trying again may succeed (see
+    :data:`TRANSIENT`), a plain :class:`BackendError` otherwise. The caller
+    chains it (``raise translate(exc, ...) from exc``).
     """
     code = getattr(exc, "sqlite_errorcode", None)
-    hint = _HINTS.get(code & 0xFF) if isinstance(code, int) else None
+    primary = code & 0xFF if isinstance(code, int) else None
+    hint = _HINTS.get(primary) if primary is not None else None
     if hint is None:
         hint = "the operation failed"
     detail = f"{type(exc).__name__}: {exc}"
-    return BackendError(f"SQLite database {path}: {hint.format(busy=busy_timeout)} ({detail})")
+    kind = BackendUnavailable if primary in TRANSIENT else BackendError
+    return kind(f"SQLite database {path}: {hint.format(busy=busy_timeout)} ({detail})")
