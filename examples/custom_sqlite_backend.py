@@ -1,8 +1,10 @@
 """The custom-backend page, in Python: any store becomes a backend.
 
 A ``tasks`` table in SQLite (through aiosqlite), a fetcher that claims the
-oldest pending task, a sink that inserts, an acker that records outcomes,
-and a worker running ``send_email``. Run it: ``python -m examples.custom_sqlite_backend``.
+oldest due tasks through rxqueue's shared claim loop, a sink that inserts, an
+acker that records outcomes, a getter (Fetch by ID, which the page lists as
+missing), and a worker running ``send_email``. Run it:
+``python -m examples.custom_sqlite_backend``.
 """
 
 from __future__ import annotations
@@ -10,24 +12,27 @@ from __future__ import annotations
 import asyncio
 import sys
 import tempfile
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
+import rxqueue
 from rxqueue import (
     BackendBuilder,
+    Capability,
     CustomBackend,
+    Demand,
     Done,
     Outcome,
     Retry,
     Status,
     Task,
     TaskContext,
+    TaskId,
     WorkerBuilder,
-    WorkerContext,
 )
 
 SCHEMA = """
@@ -49,7 +54,10 @@ CREATE INDEX IF NOT EXISTS tasks_pending ON tasks (created_at) WHERE status = 'p
 @dataclass
 class Config:
     batch_size: int = 10  # how many tasks to claim at once
-    poll_interval: float = 0.1  # how long to wait when nothing is pending
+    poll_interval: float = 0.1  # how long to wait when nothing is due
+    # One aiosqlite connection runs one transaction at a time: the fetcher, the
+    # sink and the acker take turns.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 @dataclass
@@ -62,55 +70,61 @@ async def send_email(job: EmailJob, ctx: TaskContext) -> None:
     print(f"Sending to: {job.to} ({job.subject!r}, attempt {ctx.attempt})")
 
 
-# --- Database query: claim the oldest pending tasks -------------------------------------
+# --- Rows <-> tasks ---------------------------------------------------------------------
+
+_STATUSES = {"pending": Status.PENDING, "processing": Status.QUEUED, "done": Status.DONE,
+             "killed": Status.KILLED}  # fmt: skip
+_COLUMNS = "id, queue, args, status, attempts, max_attempts, run_at, created_at, last_error"
 
 
-async def fetch_pending_tasks(db: aiosqlite.Connection, limit: int, now: float) -> list[Task[Any]]:
-    cursor = await db.execute(
-        "UPDATE tasks SET status = 'processing' WHERE id IN ("
-        "  SELECT id FROM tasks WHERE status = 'pending' AND run_at <= ?"
-        "  ORDER BY created_at, id LIMIT ?)"
-        " RETURNING id, queue, args, attempts, max_attempts, run_at, created_at",
-        (now, limit),
-    )
-    rows = await cursor.fetchall()
-    await db.commit()
-    return sorted(
-        (
-            Task(
-                id=row[0],
-                queue=row[1],
-                args=row[2],  # still encoded: the worker decodes it
-                status=Status.QUEUED,
-                attempts=row[3],
-                max_attempts=row[4],
-                run_at=row[5],
-                created_at=row[6],
-            )
-            for row in rows
-        ),
-        key=lambda task: (task.created_at, task.id),
+def _task(row: Sequence[Any]) -> Task[Any]:
+    return Task(
+        id=row[0],
+        queue=row[1],
+        args=row[2],  # still encoded: the worker decodes it
+        status=_STATUSES.get(row[3], Status.PENDING),
+        attempts=row[4],
+        max_attempts=row[5],
+        run_at=row[6],
+        created_at=row[7],
+        last_error=row[8],
     )
 
 
-# --- Fetcher: an async generator, like the page's stream::unfold --------------------
+# --- Database query: claim the oldest due tasks --------------------------------------------
 
 
-def create_fetcher(
-    db: aiosqlite.Connection, config: Config, worker: WorkerContext
-) -> AsyncIterator[Task[Any] | None]:
-    async def fetch() -> AsyncIterator[Task[Any] | None]:
-        while True:
-            wanted = min(config.batch_size, max(1, worker.free_capacity))
-            tasks = await fetch_pending_tasks(db, wanted, worker.clock())
-            worker.claimed(0, tasks)  # in the worker's ledger: released if it stops now
-            if not tasks:
-                yield None  # nothing right now
-                await asyncio.sleep(config.poll_interval)  # don't hammer the database
-            for task in tasks:
-                yield task
+async def fetch_pending_tasks(
+    db: aiosqlite.Connection, config: Config, limit: int, now: float
+) -> list[Task[Any]]:
+    async with config.lock:
+        rows = await db.execute_fetchall(
+            "UPDATE tasks SET status = 'processing' WHERE id IN ("
+            "  SELECT id FROM tasks WHERE status = 'pending' AND run_at <= ?"
+            "  ORDER BY created_at, id LIMIT ?)"
+            f" RETURNING {_COLUMNS}",
+            (now, limit),
+        )
+        await db.commit()
+    return sorted((_task(row) for row in rows), key=lambda task: (task.created_at, task.id))
 
-    return fetch()
+
+# --- Fetcher: rxqueue's claim loop, sized by the worker's demand -------------------------
+
+
+def create_fetcher(db: aiosqlite.Connection, config: Config, worker: Demand) -> Any:
+    async def fetch_many(limit: int) -> list[Task[Any]]:
+        return await fetch_pending_tasks(db, config, limit, worker.clock())
+
+    # Claims at most what the worker can take, keeps the ledger (nothing claimed is
+    # stranded when the worker stops), and waits poll_interval while nothing is due.
+    return rxqueue.poll(
+        fetch_many,
+        worker,
+        batch_size=config.batch_size,
+        interval=config.poll_interval,
+        max_interval=config.poll_interval,
+    )
 
 
 # --- Sink and database insert ----------------------------------------------------------
@@ -118,12 +132,13 @@ def create_fetcher(
 
 def create_sink(db: aiosqlite.Connection, config: Config) -> Any:
     async def save_task(task: Task[Any]) -> None:
-        await db.execute(
-            "INSERT INTO tasks (id, queue, args, max_attempts, run_at, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (task.id, task.queue, task.args, task.max_attempts, task.run_at, task.created_at),
-        )
-        await db.commit()
+        async with config.lock:
+            await db.execute(
+                "INSERT INTO tasks (id, queue, args, max_attempts, run_at, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (task.id, task.queue, task.args, task.max_attempts, task.run_at, task.created_at),
+            )
+            await db.commit()
 
     return save_task
 
@@ -131,27 +146,39 @@ def create_sink(db: aiosqlite.Connection, config: Config) -> Any:
 # --- Task status updates ------------------------------------------------------------------
 
 
-async def ack(db: aiosqlite.Connection, config: Config, task: Task[Any], outcome: Outcome) -> None:
+async def ack(db: aiosqlite.Connection, config: Config, task: Task[Any], outcome: Outcome) -> bool:
     if isinstance(outcome, Done):
         status, run_at, error = "done", task.run_at, None
     elif isinstance(outcome, Retry):
         status, run_at, error = "pending", outcome.at, outcome.error
     else:
         status, run_at, error = "killed", task.run_at, outcome.error
-    await db.execute(
-        "UPDATE tasks SET status = ?, run_at = ?, last_error = ?, attempts = attempts + 1"
-        " WHERE id = ?",
-        (status, run_at, error, task.id),
-    )
-    await db.commit()
+    async with config.lock:
+        cursor = await db.execute(
+            "UPDATE tasks SET status = ?, run_at = ?, last_error = ?, attempts = attempts + 1"
+            " WHERE id = ? AND status = 'processing'",
+            (status, run_at, error, task.id),
+        )
+        await db.commit()
+    return cursor.rowcount == 1  # False: no longer ours (it was released or killed)
 
 
 async def release(db: aiosqlite.Connection, config: Config, tasks: Any) -> None:
-    await db.executemany(
-        "UPDATE tasks SET status = 'pending' WHERE id = ? AND status = 'processing'",
-        [(task.id,) for task in tasks],
-    )
-    await db.commit()
+    async with config.lock:
+        await db.executemany(
+            "UPDATE tasks SET status = 'pending' WHERE id = ? AND status = 'processing'",
+            [(task.id,) for task in tasks],
+        )
+        await db.commit()
+
+
+# --- Fetch by ID ---------------------------------------------------------------------------
+
+
+async def get(db: aiosqlite.Connection, config: Config, task_id: TaskId) -> Task[Any] | None:
+    async with config.lock:
+        rows = await db.execute_fetchall(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,))
+    return _task(rows[0]) if rows else None
 
 
 async def open_backend(path: Path | str, config: Config | None = None) -> CustomBackend:
@@ -165,17 +192,20 @@ async def open_backend(path: Path | str, config: Config | None = None) -> Custom
         .sink(create_sink)
         .ack(ack)
         .release(release)
+        .getter(get)
+        .declare(Capability.DELAY, Capability.RETRY)  # the claim honours run_at
         .build()
     )
 
 
 async def main(path: Path) -> None:
     backend = await open_backend(path)
-    for n in range(3):
-        await backend.push(EmailJob(to=f"user{n}@example.com", subject="hi"))
+    ids = [await backend.push(EmailJob(to=f"user{n}@example.com", subject="hi")) for n in range(3)]
     worker = WorkerBuilder("email-worker").backend(backend).build(send_email)
     summary = await worker.run_until_idle()
     print(f"done: {summary.done}, failed: {summary.failed}")
+    finished = await backend.get(ids[0])
+    print(f"fetched by id: {finished.id if finished else None} is {finished and finished.status}")
     await backend.db.close()
 
 

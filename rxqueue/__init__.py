@@ -6,26 +6,33 @@ handler pipeline. See README.md for the tour.
 """
 
 from rxqueue import backoff, ops
+from rxqueue.acks import AckBatch
 from rxqueue.backends import Backend, Capability, connect
 from rxqueue.backends.custom import BackendBuilder, CustomBackend
 from rxqueue.backends.memory import MemoryBackend
 from rxqueue.clock import Clock, ManualClock
 from rxqueue.codec import Codec, JsonCodec
+from rxqueue.demand import Demand, Ledger
 from rxqueue.errors import (
     Abort,
+    BackendClosed,
     BackendError,
+    BackendUnavailable,
     BuildError,
     CodecError,
     FetcherTimeout,
     HandlerTimeout,
+    InvalidOption,
+    InvalidTransition,
     RetryAfter,
     RxQueueError,
     SchemaError,
+    TaskExists,
     TaskNotFound,
     UnsupportedOperation,
     WorkerError,
 )
-from rxqueue.streams import Wakeup, from_async_iterable, poll, to_async_iterable
+from rxqueue.streams import Doorbell, Wakeup, from_async_iterable, poll, to_async_iterable
 from rxqueue.task import (
     ACTIVE,
     READY,
@@ -53,20 +60,28 @@ __all__ = [
     "READY",
     "TERMINAL",
     "Abort",
+    "AckBatch",
     "Backend",
     "BackendBuilder",
+    "BackendClosed",
     "BackendError",
+    "BackendUnavailable",
     "BuildError",
     "Capability",
     "Clock",
     "Codec",
     "CodecError",
     "CustomBackend",
+    "Demand",
     "Done",
+    "Doorbell",
     "FetcherTimeout",
     "HandlerTimeout",
+    "InvalidOption",
+    "InvalidTransition",
     "JsonCodec",
     "Killed",
+    "Ledger",
     "ManualClock",
     "MemoryBackend",
     "Monitor",
@@ -80,6 +95,7 @@ __all__ = [
     "Status",
     "Task",
     "TaskContext",
+    "TaskExists",
     "TaskId",
     "TaskNotFound",
     "UnsupportedOperation",

@@ -1,7 +1,10 @@
 """One error root for rxqueue; each subclass is named for what the user can do.
 
 Driver errors (sqlite3, asyncpg, redis) never escape a backend: they are
-wrapped in :class:`BackendError` with ``raise ... from exc``.
+wrapped at the boundary with ``raise ... from exc``, as
+:class:`BackendUnavailable` when trying again may succeed (a lock, a lost
+connection) and as another :class:`BackendError` when it cannot (a read-only
+file, a damaged schema). Retry loops retry only :class:`BackendUnavailable`.
 """
 
 from __future__ import annotations
@@ -15,6 +18,10 @@ class BuildError(RxQueueError):
     """A builder was asked to build with a part missing or malformed."""
 
 
+class InvalidOption(RxQueueError, ValueError):
+    """A push option or task field is malformed; the message names it. Nothing was stored."""
+
+
 class CodecError(RxQueueError):
     """A payload could not be encoded (at push) or decoded (at run).
 
@@ -24,11 +31,40 @@ class CodecError(RxQueueError):
 
 
 class BackendError(RxQueueError):
-    """The store refused or failed an operation; the driver error is ``__cause__``."""
+    """The store refused or failed an operation for good; the driver error is ``__cause__``.
+
+    Trying the same operation again will fail the same way (a read-only file,
+    a full disk, a damaged schema): something must be fixed first.
+    """
+
+
+class BackendUnavailable(BackendError):
+    """The store could not be reached or was busy; the same operation may succeed later.
+
+    A lock held too long, a lost connection, a server restarting.
+    """
+
+
+class BackendClosed(BackendError):
+    """The backend was closed; open a new one."""
 
 
 class TaskNotFound(BackendError):
     """No task with that id exists in this backend's queue."""
+
+
+class TaskExists(RxQueueError, ValueError):
+    """A task with that id is already stored; nothing was stored by this call."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        super().__init__(
+            f"a task with id {task_id!r} already exists; leave task_id= unset for a new id"
+        )
+
+
+class InvalidTransition(RxQueueError, ValueError):
+    """The task is not in a status from which that operation is allowed."""
 
 
 class SchemaError(BackendError):

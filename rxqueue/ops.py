@@ -43,7 +43,7 @@ from reactivex.scheduler.eventloop import AsyncIOScheduler
 from rxqueue.backoff import Backoff, exponential
 from rxqueue.errors import FetcherTimeout
 
-__all__ = ["batch", "rate_limit", "retry", "throttle", "timeout"]
+__all__ = ["batch", "queue_safe", "rate_limit", "retry", "throttle", "timeout"]
 
 _T = TypeVar("_T")
 
@@ -54,6 +54,19 @@ _EPSILON = 1e-6
 
 
 # --- helpers ------------------------------------------------------------------------
+
+_Op = TypeVar("_Op")
+
+
+def queue_safe(operator: _Op) -> _Op:
+    """Mark an operator as one that may hold tasks for a while but never drops one.
+
+    ``backend.pipe`` trusts such operators to deliver every task eventually; any
+    other operator (``reactivex.operators.filter``, ...) must pass each task on
+    at once, or the task is taken as dropped and released to the store.
+    """
+    operator.queue_safe = True  # type: ignore[attr-defined]
+    return operator
 
 
 def _resolve_scheduler(
@@ -229,7 +242,7 @@ def _paced(
 
         return reactivex.create(subscribe)
 
-    return operator
+    return queue_safe(operator)
 
 
 def throttle(
@@ -385,6 +398,7 @@ class _BatchOperator(Generic[_T]):
     """The curried ``batch`` operator; ``batch_size`` tells backends how much to claim."""
 
     __slots__ = ("_scheduler", "batch_size", "timeout")
+    queue_safe = True
 
     def __init__(self, size: int, timeout: float, scheduler: abc.SchedulerBase | None) -> None:
         self.batch_size = size
@@ -571,7 +585,7 @@ def retry(
 
         return reactivex.create(subscribe)
 
-    return operator
+    return queue_safe(operator)
 
 
 # --- timeout ------------------------------------------------------------------------
@@ -683,4 +697,4 @@ def timeout(
 
         return reactivex.create(subscribe)
 
-    return operator
+    return queue_safe(operator)

@@ -1,8 +1,12 @@
-"""Bridges between Observables and async iterables, and the demand-driven poller.
+"""Bridges between Observables and async iterables, and the one claim loop.
 
-* :func:`poll` turns ``fetch_many(n)`` into a cold Observable that claims only
-  what the worker can take, backs off while the store is empty and wakes at
-  once on :meth:`Wakeup.notify`.
+* :func:`poll` is the claim loop every backend shares: it turns
+  ``fetch_many(n)`` into a cold Observable that claims only what the worker
+  can take, enters every claim in the worker's ledger, and between empty
+  claims waits on a pluggable :class:`Doorbell` (an in-process
+  :class:`Wakeup`, a cross-process socket, LISTEN/NOTIFY, a blocking pop).
+* :func:`track` wraps an operator of ``backend.pipe`` so that a task it
+  drops, or holds when it is disposed, goes back to the store at once.
 * :func:`from_async_iterable` runs an async generator fetcher as an Observable,
   pulling the next item only when the worker has room, and closing the
   generator when the subscription is disposed.
@@ -14,22 +18,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from typing import Any, Protocol, TypeVar
 
 import reactivex
 from reactivex import Observable, abc
 from reactivex.disposable import Disposable
 
+from rxqueue.demand import Demand
 from rxqueue.task import Task
-from rxqueue.worker.context import WorkerContext
 
 T = TypeVar("T")
 FetchMany = Callable[[int], Awaitable[Sequence[Task[Any]]]]
 
 
+class Doorbell(Protocol):
+    """What the claim loop waits on between empty claims."""
+
+    def notify(self) -> None:
+        """Wake every current :meth:`wait` (and, for cross-process bells, other processes)."""
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds; True if rung."""
+
+
 class Wakeup:
-    """A broadcast doorbell: :meth:`notify` wakes every current :meth:`wait`.
+    """An in-process doorbell: :meth:`notify` wakes every current :meth:`wait`.
 
     Backends ring it when a task is pushed in this process, so an idle poller
     claims it without waiting out its interval.
@@ -57,29 +71,35 @@ class Wakeup:
         return False
 
 
+# Claims start at this size and double while the worker keeps draining them,
+# up to the worker's prefetch: a slow queue claims little, a busy one a lot.
+_FIRST_CLAIM = 8
+
+
 def poll(
     fetch_many: FetchMany,
-    ctx: WorkerContext,
+    demand: Demand,
     *,
     interval: float = 0.05,
     max_interval: float = 1.0,
     batch_size: int | None = None,
-    wakeup: Wakeup | None = None,
+    wakeup: Doorbell | None = None,
 ) -> Observable[Task[Any] | None]:
-    """A cold Observable that claims tasks with ``fetch_many(n)`` as demand allows.
+    """The claim loop: a cold Observable that claims with ``fetch_many(n)`` as demand allows.
 
     ``n`` never exceeds the worker's free capacity (nor ``batch_size``). An empty
-    claim emits ``None`` (idle) and sleeps ``interval``, doubling up to
-    ``max_interval`` while the store stays empty; ``wakeup.notify()`` cuts the
-    sleep short. Disposal never interrupts a claim in progress: its tasks land
-    in the worker's ledger, from which the worker releases them.
+    claim emits ``None`` (idle) and waits on ``wakeup`` for ``interval``,
+    doubling up to ``max_interval`` while the store stays empty; a ring cuts
+    the wait short. Disposal never interrupts a claim in progress: tasks it
+    returns after disposal are :meth:`~rxqueue.demand.Demand.dropped`, so they
+    go back to the store at once.
     """
     if interval <= 0 or max_interval < interval:
         raise ValueError(
             f"poll needs 0 < interval <= max_interval; got {interval=}, {max_interval=}"
         )
-    doorbell = wakeup or Wakeup()
-    limit = batch_size or max(1, ctx.prefetch)
+    doorbell: Doorbell = wakeup or Wakeup()
+    limit = batch_size or max(1, demand.prefetch)
     # Claim again once half a batch is free: the next claim runs in the store
     # while the worker still has tasks to start, instead of after it ran dry.
     low_water = max(1, limit // 2)
@@ -92,19 +112,22 @@ def poll(
         async def run() -> None:
             delay = interval
             while not disposed:
-                if ctx.free_capacity < low_water:
-                    await ctx.wait_for_capacity(low_water)
-                wanted = ctx.reserve(limit)
+                if demand.free_capacity < low_water:
+                    await demand.wait_for_capacity(low_water)
+                    if disposed:
+                        return
+                wanted = demand.reserve(limit)
                 if wanted == 0:
                     continue
                 try:
                     tasks = await fetch_many(wanted)
                 except BaseException:
-                    ctx.claimed(wanted, ())
+                    demand.claimed(wanted, ())
                     raise
-                ctx.claimed(wanted, tasks)
+                demand.claimed(wanted, tasks)
                 if disposed:
-                    return  # the ledger holds them; the worker releases them
+                    demand.dropped(tasks)  # nobody downstream will take them
+                    return
                 if tasks:
                     delay = interval
                     on_next = observer.on_next
@@ -130,7 +153,7 @@ def poll(
             # in progress is never interrupted (its tasks must reach the ledger).
             nonlocal disposed
             disposed = True
-            ctx.wake()
+            demand.wake()
             doorbell.notify()
 
         return Disposable(dispose)
@@ -138,42 +161,142 @@ def poll(
     return reactivex.create(subscribe)
 
 
+# --- operators in a backend's pipe ------------------------------------------------------
+
+
+def _tasks(item: Any) -> Iterator[Task[Any]]:
+    if isinstance(item, Task):
+        yield item
+    elif isinstance(item, list | tuple):
+        for element in item:
+            if isinstance(element, Task):
+                yield element
+
+
+Operator = Callable[[Observable[Any]], Observable[Any]]
+
+
+def track(operator: Operator, demand: Demand) -> Operator:
+    """``operator``, watched so that no claimed task is stranded inside it.
+
+    Tasks that went in and have not come out when the operator's subscription
+    is disposed (``ops.retry`` resubscribing, the worker stopping) are dropped
+    to the ledger, which releases them. An operator not marked
+    :func:`rxqueue.ops.queue_safe` (``reactivex.operators.filter``, ``take``,
+    ...) must pass each task on at once: a task it did not emit before
+    ``on_next`` returned is taken as dropped and released at once.
+    """
+    synchronous = not getattr(operator, "queue_safe", False)
+
+    def tracked(source: Observable[Any]) -> Observable[Any]:
+        def subscribe(
+            observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase | None = None
+        ) -> abc.DisposableBase:
+            inside: dict[str, Task[Any]] = {}
+
+            def feed(inner: abc.ObserverBase[Any], at: abc.SchedulerBase | None = None) -> Any:
+                def on_next(item: Any) -> None:
+                    entered = list(_tasks(item))
+                    for task in entered:
+                        inside[task.id] = task
+                    inner.on_next(item)
+                    if synchronous and entered:
+                        lost = [task for task in entered if inside.pop(task.id, None)]
+                        if lost:
+                            demand.dropped(lost)
+
+                return source.subscribe(
+                    on_next, inner.on_error, inner.on_completed, scheduler=at
+                )
+
+            def on_next_out(item: Any) -> None:
+                for task in _tasks(item):
+                    inside.pop(task.id, None)
+                observer.on_next(item)
+
+            subscription = operator(reactivex.create(feed)).subscribe(
+                on_next_out, observer.on_error, observer.on_completed, scheduler=scheduler
+            )
+
+            def dispose() -> None:
+                subscription.dispose()
+                if inside:
+                    held = list(inside.values())
+                    inside.clear()
+                    demand.dropped(held)
+
+            return Disposable(dispose)
+
+        return reactivex.create(subscribe)
+
+    return tracked
+
+
+# --- async iterables --------------------------------------------------------------------
+
+
 def from_async_iterable(
-    source: AsyncIterable[T], ctx: WorkerContext | None = None, *, grace: float = 5.0
+    source: AsyncIterable[T] | Callable[[], AsyncIterable[T]],
+    demand: Demand | None = None,
+    *,
+    grace: float = 5.0,
 ) -> Observable[T]:
     """Run an async iterable as a cold Observable.
 
-    With a ``ctx``, the next item is pulled only while the worker has free
-    capacity, and each task pulled is entered in the worker's ledger. Disposal
-    lets a pull in progress finish (up to ``grace`` seconds) so that a task the
-    generator already claimed reaches the ledger instead of vanishing; then the
-    generator is closed. An exception in the generator becomes ``on_error``;
-    exhausting it becomes ``on_completed``.
+    ``source`` is an async iterable, or a function that makes one: with a
+    function, every subscription (``ops.retry`` resubscribes after an error)
+    gets a fresh iterator; an async generator object can be iterated once,
+    so subscribing to it twice raises a clear error instead of completing
+    with nothing. With a ``demand``, the next item is pulled only while the
+    worker has free capacity, and each task pulled is entered in the ledger.
+    Disposal lets a pull in progress finish (up to ``grace`` seconds), so a
+    task the generator already claimed is released instead of vanishing;
+    then the generator is closed. An exception in the generator becomes
+    ``on_error``; exhausting it becomes ``on_completed``.
     """
+    subscriptions = 0
 
     def subscribe(
         observer: abc.ObserverBase[T], _: abc.SchedulerBase | None = None
     ) -> abc.DisposableBase:
-        iterator = aiter(source)
+        nonlocal subscriptions
+        subscriptions += 1
+        if isinstance(source, AsyncIterable):
+            if subscriptions > 1 and isinstance(source, AsyncIterator):
+                observer.on_error(
+                    RuntimeError(
+                        "this fetcher is an async generator that was already iterated; "
+                        "an Observable may be subscribed again (ops.retry does), so make "
+                        "the fetcher return a new generator each time, or pass a "
+                        "function that makes one"
+                    )
+                )
+                return Disposable()
+            iterator = aiter(source)
+        else:
+            iterator = aiter(source())
         disposed = False
         pulling = False
 
         async def pull() -> T:
             nonlocal pulling
-            if ctx is None:
+            if demand is None:
                 return await anext(iterator)
-            while ctx.free_capacity <= 0:
-                await ctx.wait_for_capacity()
-            reserved = ctx.reserve(1)
+            while demand.free_capacity <= 0:
+                await demand.wait_for_capacity()
+            reserved = demand.reserve(1)
             pulling = True
             try:
                 item = await anext(iterator)
             except BaseException:
-                ctx.claimed(reserved, ())
+                demand.claimed(reserved, ())
                 raise
             finally:
                 pulling = False
-            ctx.claimed(reserved, (item,) if isinstance(item, Task) else ())
+            claimed = (item,) if isinstance(item, Task) else ()
+            demand.claimed(reserved, claimed)
+            if disposed:
+                demand.dropped(claimed)
             return item
 
         async def pump() -> None:

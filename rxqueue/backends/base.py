@@ -2,12 +2,19 @@
 
 A backend is two halves over one store, plus the acker that closes the loop:
 
-* **fetcher**: ``backend.fetcher(ctx)``, a cold Observable of claimed tasks
-  (``None`` meaning "nothing right now"), composed with ``backend.pipe(...)``;
+* **fetcher**: ``backend.fetcher(demand)``, a cold Observable of claimed tasks
+  (``None`` meaning "nothing right now") honouring the worker's
+  :class:`~rxqueue.demand.Demand`, composed with ``backend.pipe(...)``;
 * **sink**: ``push`` / ``push_many`` / ``send`` / ``send_many``, each returning
-  once the store accepted the tasks;
-* **acker**: ``report(updates, ctx)``: outcomes and started markers in batches;
-  ``release(tasks, ctx)`` hands back claimed-but-unstarted tasks.
+  once the store accepted the tasks (``connection=`` joins the caller's
+  transaction where the store can);
+* **acker**: ``report(batch)`` applies one typed :class:`~rxqueue.acks.AckBatch`
+  in one transaction; ``release(tasks, worker)`` hands back
+  claimed-but-unstarted tasks. Acker verbs take the worker's name.
+
+Lifecycle: ``open()`` (schema, pools, listeners) runs on first use and in
+``async with``; ``close()`` stops the workers running on the backend, then
+releases its connections.
 
 Subclasses implement the ``_hooks``; the public methods here validate input,
 encode payloads and apply the composed operators, once, for every backend.
@@ -18,19 +25,31 @@ declares what it supports in :attr:`Backend.capabilities`.
 from __future__ import annotations
 
 import asyncio
+import builtins
+import contextlib
 import copy
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import Any, ClassVar, Self
 
 from reactivex import Observable
 
+from rxqueue.acks import AckBatch
+from rxqueue.backends.local import LocalChannel, Revoked, channel
 from rxqueue.backends.sink import SinkObserver
 from rxqueue.clock import Clock, system_clock
 from rxqueue.codec import DEFAULT_CODEC, Codec
-from rxqueue.errors import CodecError, TaskNotFound, UnsupportedOperation
+from rxqueue.demand import Demand
+from rxqueue.errors import (
+    BackendClosed,
+    CodecError,
+    InvalidOption,
+    TaskNotFound,
+    UnsupportedOperation,
+)
+from rxqueue.streams import Doorbell, Wakeup, track
 from rxqueue.task import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_QUEUE,
@@ -39,13 +58,12 @@ from rxqueue.task import (
     Status,
     Task,
     TaskId,
-    Update,
+    check_int,
+    validate_task,
 )
 
-if TYPE_CHECKING:
-    from rxqueue.worker.context import WorkerContext
-
 Operator = Callable[[Observable[Any]], Observable[Any]]
+StopWorker = Callable[[], Awaitable[None]]
 
 
 class Capability(enum.StrEnum):
@@ -59,9 +77,22 @@ class Capability(enum.StrEnum):
     DELAY = "delay"  # run_at in the future is honoured
     PRIORITY = "priority"  # higher priority claimed first
     RETRY = "retry"  # Failed tasks come back at run_at
+    TRANSACTIONS = "transactions"  # push(..., connection=conn) joins the caller's transaction
 
 
-ALL_CAPABILITIES = frozenset(Capability)
+ALL_CAPABILITIES = frozenset(Capability) - {Capability.TRANSACTIONS}
+
+
+class _Lifecycle:
+    """Open/closed state and attached workers, shared by a backend and its ``pipe`` copies."""
+
+    __slots__ = ("closed", "lock", "opened", "workers")
+
+    def __init__(self) -> None:
+        self.opened = False
+        self.closed = False
+        self.lock: asyncio.Lock | None = None
+        self.workers: dict[int, StopWorker] = {}
 
 
 class Backend(ABC):
@@ -77,13 +108,88 @@ class Backend(ABC):
         clock: Clock = system_clock,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> None:
-        if not queue:
-            raise ValueError("queue name must be a non-empty string")
+        if not isinstance(queue, str) or not queue:
+            raise InvalidOption(f"queue must be a non-empty string, got {queue!r}")
         self.queue = queue
         self.codec = codec
         self.clock = clock
-        self.max_attempts = max_attempts
+        self.max_attempts = check_int("max_attempts", max_attempts, low=1)
         self._operators: tuple[Operator, ...] = ()
+        self._life = _Lifecycle()
+        # Which in-process channel (doorbell, waiters, revocations) this store uses;
+        # backends over a shared store (a file, a server schema) key it by that store.
+        self._channel_key: Hashable = (type(self).__name__, id(self), queue)
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def open(self) -> Self:
+        """Prepare the store (schema, pools, listeners); called on first use and by
+        ``async with``. Idempotent."""
+        life = self._life
+        if life.opened:
+            return self
+        if life.closed:
+            raise BackendClosed(f"{self!r} is closed; open a new backend")
+        if life.lock is None:
+            life.lock = asyncio.Lock()
+        async with life.lock:
+            if not life.opened:
+                await self._open()
+                life.opened = True
+        return self
+
+    async def _open(self) -> None:
+        """Hook: open connections and prepare the schema."""
+
+    async def close(self) -> None:
+        """Stop the workers running on this backend (they release what they hold),
+        then release connections; the backend cannot be used afterwards."""
+        life = self._life
+        if life.closed:
+            return
+        stoppers = list(life.workers.values())
+        if stoppers:
+            await asyncio.gather(*(stop() for stop in stoppers), return_exceptions=True)
+        life.closed = True
+        await self._close()
+
+    async def _close(self) -> None:
+        """Hook: release connections."""
+
+    def attach(self, stop: StopWorker) -> Callable[[], None]:
+        """Register a running worker's ``stop`` (awaited by :meth:`close`); returns the undo."""
+        workers = self._life.workers
+        key = id(stop)
+        workers[key] = stop
+
+        def detach() -> None:
+            workers.pop(key, None)
+
+        return detach
+
+    @property
+    def closed(self) -> bool:
+        return self._life.closed
+
+    async def __aenter__(self) -> Self:
+        return await self.open()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # --- the in-process channel ------------------------------------------------------
+
+    def _make_doorbell(self) -> Doorbell:
+        """Hook: the doorbell fetchers wait on (default: in-process only)."""
+        return Wakeup()
+
+    def _local(self) -> LocalChannel:
+        return channel(self._channel_key, self._make_doorbell)
+
+    def on_revoked(self, listener: Revoked) -> Callable[[], None]:
+        """Call ``listener(task_ids)`` when tasks of this store are killed in this
+        process (a worker drops them if it has not started them); returns the undo."""
+        return self._local().on_revoked(listener)
 
     # --- composition ------------------------------------------------------------
 
@@ -100,14 +206,20 @@ class Backend(ABC):
         sizes = [getattr(op, "batch_size", 1) for op in self._operators]
         return max([1, *sizes])
 
-    def fetcher(self, ctx: WorkerContext) -> Observable[Any]:
-        """The composed fetcher for one worker: one subscription per worker."""
-        source = self._fetcher(ctx)
-        return source.pipe(*self._operators) if self._operators else source
+    def fetcher(self, demand: Demand) -> Observable[Any]:
+        """The composed fetcher for one worker: one subscription per worker.
+
+        Each operator is :func:`~rxqueue.streams.track`-ed, so a task it drops or
+        holds when disposed goes back to the store through the ledger.
+        """
+        source = self._fetcher(demand)
+        for operator in self._operators:
+            source = track(operator, demand)(source)
+        return source
 
     @abstractmethod
-    def _fetcher(self, ctx: WorkerContext) -> Observable[Any]:
-        """A cold Observable of claimed tasks (or ``None``) honouring ``ctx`` demand."""
+    def _fetcher(self, demand: Demand) -> Observable[Any]:
+        """A cold Observable of claimed tasks (or ``None``) honouring ``demand``."""
 
     # --- sink ---------------------------------------------------------------------
 
@@ -121,8 +233,15 @@ class Backend(ABC):
         max_attempts: int | None = None,
         metadata: dict[str, Any] | None = None,
         task_id: TaskId | None = None,
+        connection: Any = None,
     ) -> TaskId:
-        """Enqueue ``args``; returns the new task's id once the store holds it."""
+        """Enqueue ``args``; returns the task's id once the store holds it.
+
+        Options are checked first (:class:`~rxqueue.errors.InvalidOption` names a
+        bad one); nothing is stored unless every check passes. ``connection=``
+        stores the task inside the caller's open transaction, on backends that
+        declare ``Capability.TRANSACTIONS``.
+        """
         options = PushOptions(
             delay=delay,
             run_at=run_at,
@@ -131,7 +250,7 @@ class Backend(ABC):
             metadata=metadata,
             task_id=task_id,
         )
-        return (await self._push([args], options))[0]
+        return (await self._push([args], options, connection))[0]
 
     async def push_many(
         self,
@@ -142,8 +261,9 @@ class Backend(ABC):
         priority: int = 0,
         max_attempts: int | None = None,
         metadata: dict[str, Any] | None = None,
+        connection: Any = None,
     ) -> list[TaskId]:
-        """Enqueue many payloads in one store operation; returns their ids in order."""
+        """Enqueue many payloads in one store operation, all or none; their ids in order."""
         options = PushOptions(
             delay=delay,
             run_at=run_at,
@@ -151,39 +271,61 @@ class Backend(ABC):
             max_attempts=max_attempts,
             metadata=metadata,
         )
-        return await self._push(args_list, options)
+        return await self._push(args_list, options, connection)
 
-    async def _push(self, args_list: Iterable[Any], options: PushOptions) -> list[TaskId]:
+    async def _push(
+        self, args_list: Iterable[Any], options: PushOptions, connection: Any
+    ) -> list[TaskId]:
         now, queue, max_attempts = self.clock(), self.queue, self.max_attempts
         tasks = [
             options.build(args, queue=queue, now=now, max_attempts=max_attempts)
             for args in args_list
         ]
-        return await self.send_many(tasks)
+        return await self._send(tasks, connection)  # built from checked options
 
-    async def send(self, task: Task[Any]) -> TaskId:
+    async def send(self, task: Task[Any], *, connection: Any = None) -> TaskId:
         """Store a task you built; returns its id once the store holds it."""
-        return (await self.send_many([task]))[0]
+        return (await self.send_many([task], connection=connection))[0]
 
-    async def send_many(self, tasks: Sequence[Task[Any]]) -> list[TaskId]:
-        """Store tasks you built, all or none; returns their ids."""
-        if not tasks:
-            return []
-        encoded: list[bytes] = []
-        for index, task in enumerate(tasks):
+    async def send_many(
+        self, tasks: Sequence[Task[Any]], *, connection: Any = None
+    ) -> list[TaskId]:
+        """Store tasks you built, all or none; returns their ids.
+
+        A task built for another queue is stored in this backend's queue.
+        """
+        checked: list[Task[Any]] = []
+        for task in tasks:
             if not isinstance(task, Task):
                 raise TypeError(
                     f"send expects Task objects, got {type(task).__name__}; "
                     "use push(args) to enqueue a plain payload"
                 )
-            if task.queue != self.queue:
-                task = task.evolve(queue=self.queue)
+            validate_task(task)
+            checked.append(task if task.queue == self.queue else task.evolve(queue=self.queue))
+        return await self._send(checked, connection)
+
+    async def _send(self, tasks: list[Task[Any]], connection: Any) -> list[TaskId]:
+        if not tasks:
+            return []
+        if connection is not None and Capability.TRANSACTIONS not in self.capabilities:
+            raise UnsupportedOperation(
+                f"{type(self).__name__} cannot store a task inside your transaction "
+                "(connection=); it does not declare Capability.TRANSACTIONS"
+            )
+        ids = [task.id for task in tasks]
+        if len(set(ids)) != len(ids):
+            repeated = next(task_id for task_id in ids if ids.count(task_id) > 1)
+            raise InvalidOption(f"task id {repeated!r} appears twice in one send_many")
+        encode = self.codec.encode
+        encoded: list[bytes] = []
+        for index, task in enumerate(tasks):
             try:
-                encoded.append(self.codec.encode(task.args))
+                encoded.append(encode(task.args))
             except CodecError as exc:
                 raise CodecError(f"task {index} ({task.id}): {exc}") from exc
-        await self._store(tasks, encoded)
-        return [task.id for task in tasks]
+        await self.open()
+        return list(await self._store(tasks, encoded, connection))
 
     def sink(self, on_error: Callable[[Exception], None] | None = None) -> SinkObserver:
         """This backend's sink as a reactivex Observer: ``source.subscribe(backend.sink())``.
@@ -195,27 +337,32 @@ class Backend(ABC):
         return SinkObserver(self, on_error)
 
     @abstractmethod
-    async def _store(self, tasks: Sequence[Task[Any]], payloads: Sequence[bytes]) -> None:
-        """Persist ``tasks`` durably (``payloads[i]`` is ``tasks[i].args`` encoded)."""
+    async def _store(
+        self, tasks: Sequence[Task[Any]], payloads: Sequence[bytes], connection: Any = None
+    ) -> Sequence[TaskId]:
+        """Persist ``tasks`` durably, all or none (``payloads[i]`` is ``tasks[i].args``
+        encoded); return, per task, the id stored (or the existing task's id, where
+        a store answers a duplicate with it). Raise ``TaskExists`` for a taken id."""
 
     # --- acker --------------------------------------------------------------------
 
     @abstractmethod
-    async def report(self, updates: Sequence[tuple[Task[Any], Update]], ctx: WorkerContext) -> None:
-        """Record outcomes (Done / Retry / Killed) and Started markers, in one batch."""
+    async def report(self, batch: AckBatch) -> Sequence[TaskId]:
+        """Apply one ack batch in one transaction, only to tasks ``batch.worker`` still
+        holds; return the ids whose updates were refused (the lease was lost)."""
 
-    async def release(self, tasks: Sequence[Task[Any]], ctx: WorkerContext) -> None:
+    async def release(self, tasks: Sequence[Task[Any]], worker: str) -> None:
         """Hand claimed-but-unstarted tasks back to the store, attempts unchanged."""
 
     # --- workers and leases -------------------------------------------------------------
 
-    async def register_worker(self, ctx: WorkerContext) -> None:
-        """Called once when a worker starts."""
+    async def register_worker(self, worker: str) -> None:
+        """Called once when a worker starts; refuses a name that is alive."""
 
-    async def heartbeat(self, ctx: WorkerContext) -> None:
+    async def heartbeat(self, worker: str) -> None:
         """Called every heartbeat interval while a worker runs."""
 
-    async def unregister_worker(self, ctx: WorkerContext) -> None:
+    async def unregister_worker(self, worker: str) -> None:
         """Called once when a worker stops."""
 
     async def reclaim(self) -> int:
@@ -232,73 +379,134 @@ class Backend(ABC):
             )
 
     async def get(self, task_id: TaskId) -> Task[Any] | None:
-        """The task with this id (payload decoded), or None."""
+        """The task with this id (payload and result decoded where they decode), or None."""
         self._require(Capability.GET)
+        await self.open()
+        task = await self._get(task_id)
+        return None if task is None else self._shown(task)
+
+    async def _get(self, task_id: TaskId) -> Task[Any] | None:
         raise NotImplementedError
+
+    def _shown(self, task: Task[Any]) -> Task[Any]:
+        """For ``get``/``list``: payload and result decoded where they decode."""
+        task = decode_payload(self.codec, task)
+        if isinstance(task.result, bytes):
+            with contextlib.suppress(CodecError):
+                task = task.evolve(result=self.codec.decode(task.result))
+        return task
 
     async def wait_for(
         self, task_id: TaskId, *, timeout: float | None = None, poll_interval: float = 0.05
     ) -> Task[Any]:
         """Wait until the task is Done or Killed and return it.
 
-        Raises :class:`TaskNotFound` for an unknown id and ``TimeoutError`` when
-        ``timeout`` seconds pass first.
+        A report from this process wakes the wait at once; a task finished by
+        another process is seen by polling, every ``poll_interval`` seconds at
+        first, backing off to one second. Raises :class:`TaskNotFound` for an
+        unknown id and ``TimeoutError`` when ``timeout`` seconds pass first.
         """
         self._require(Capability.GET)
+        local = self._local()
+        delay = poll_interval
         async with asyncio.timeout(timeout):
             while True:
-                task = await self.get(task_id)
-                if task is None:
-                    raise TaskNotFound(f"no task {task_id!r} in queue {self.queue!r}")
-                if task.status in TERMINAL:
-                    return task
-                await asyncio.sleep(poll_interval)
+                signal = local.watch(task_id)
+                try:
+                    task = await self.get(task_id)
+                    if task is None:
+                        raise TaskNotFound(f"no task {task_id!r} in queue {self.queue!r}")
+                    if task.status in TERMINAL:
+                        return task
+                    await asyncio.wait({signal}, timeout=delay)
+                    woken = signal.done()
+                finally:
+                    local.unwatch(task_id, signal)
+                delay = poll_interval if woken else min(1.0, delay * 2)
 
     async def stats(self) -> dict[Status, int]:
         """How many tasks of this queue are in each status (every status present)."""
         self._require(Capability.LIST)
+        await self.open()
+        counts = dict.fromkeys(Status, 0)
+        counts.update(await self._stats())
+        return counts
+
+    async def _stats(self) -> dict[Status, int]:
         raise NotImplementedError
 
     async def list(
-        self, *, status: Status | None = None, limit: int = 100, offset: int = 0
+        self, *, status: Status | str | None = None, limit: int = 100, offset: int = 0
     ) -> list[Task[Any]]:
-        """Tasks of this queue, oldest first, optionally of one status."""
+        """Tasks of this queue, oldest first, optionally of one status (``"Failed"`` works)."""
         self._require(Capability.LIST)
+        wanted = None if status is None else as_status(status)
+        check_int("limit", limit, low=0)
+        check_int("offset", offset, low=0)
+        await self.open()
+        return [self._shown(task) for task in await self._list(wanted, limit, offset)]
+
+    async def _list(
+        self, status: Status | None, limit: int, offset: int
+    ) -> builtins.list[Task[Any]]:
         raise NotImplementedError
 
     async def retry(self, task_id: TaskId) -> None:
-        """Put a Failed or Killed task back to Pending, ready now."""
+        """Put a Failed or Killed task back to Pending, ready now.
+
+        Raises :class:`TaskNotFound`, or :class:`InvalidTransition` for a task in
+        another status.
+        """
         self._require(Capability.MANAGE)
+        await self.open()
+        await self._retry(task_id)
+        self._local().doorbell.notify()
+
+    async def _retry(self, task_id: TaskId) -> None:
         raise NotImplementedError
 
     async def kill(self, task_id: TaskId, reason: str = "killed by request") -> None:
-        """Kill a task that has not finished (a running one finishes its attempt first)."""
+        """Kill a task that has not finished. A claimed task not yet started does not
+        run; a running one finishes its attempt, whose outcome is then ignored."""
         self._require(Capability.MANAGE)
+        await self.open()
+        if await self._kill(task_id, reason):
+            local = self._local()
+            local.finished([task_id])
+            local.revoked([task_id])
+
+    async def _kill(self, task_id: TaskId, reason: str) -> bool:
+        """Kill it unless finished; True if this call killed it."""
         raise NotImplementedError
 
     async def vacuum(self, older_than: float = 0.0) -> int:
         """Delete Done/Killed tasks finished more than ``older_than`` seconds ago."""
         self._require(Capability.MANAGE)
+        await self.open()
+        return await self._vacuum(older_than)
+
+    async def _vacuum(self, older_than: float) -> int:
         raise NotImplementedError
 
     async def has_work(self, horizon: float) -> bool | None:
         """Is any task ready now or due within ``horizon`` seconds? None: cannot tell."""
         return None
 
-    # --- lifecycle ------------------------------------------------------------------
-
-    async def close(self) -> None:
-        """Release connections; the backend cannot be used afterwards."""
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
     def __repr__(self) -> str:
         ops = f", ops={len(self._operators)}" if self._operators else ""
         return f"{type(self).__name__}(queue={self.queue!r}{ops})"
+
+
+def as_status(value: Status | str) -> Status:
+    """``value`` as a Status (``"Done"`` or ``"done"`` work); InvalidOption names the choices."""
+    if isinstance(value, Status):
+        return value
+    if isinstance(value, str):
+        for status in Status:
+            if value.lower() == status.value.lower():
+                return status
+    choices = ", ".join(status.value for status in Status)
+    raise InvalidOption(f"status must be one of {choices}; got {value!r}")
 
 
 def decode_payload(codec: Codec, task: Task[Any]) -> Task[Any]:

@@ -7,38 +7,45 @@ The apalis custom-backend page, in Python::
                .fetcher(create_fetcher)    # (db, cfg, worker_ctx) -> Observable | AsyncIterable
                .sink(create_sink)          # (db, cfg) -> Observer | async callable(task)
                .ack(ack)                   # optional: (db, cfg, task, outcome) -> awaitable
+               .getter(get)                # optional: (db, cfg, task_id) -> Task | None
                .build())
 
 The sink receives tasks whose ``args`` are already encoded (``bytes``): store
 them as they are, and have the fetcher hand them back the same way; the worker
-decodes them, so a bad payload fails its task and never the worker.
+decodes them, so a bad payload fails its task and never the worker. ``Done``
+outcomes carry the result encoded the same way (``bytes``, or ``None``).
+
+A fetcher that claims several tasks at once should use :func:`rxqueue.poll`,
+the claim loop every backend shares: it sizes claims by the worker's demand
+and keeps the ledger, so nothing claimed is stranded when the worker stops.
 """
+
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 from reactivex import Observable
 
-from rxqueue.backends.base import Backend
+from rxqueue.acks import AckBatch
+from rxqueue.backends.base import Backend, Capability
 from rxqueue.clock import Clock, system_clock
 from rxqueue.codec import DEFAULT_CODEC, Codec
+from rxqueue.demand import Demand
 from rxqueue.errors import BackendError, BuildError, WorkerError
 from rxqueue.streams import from_async_iterable
-from rxqueue.task import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, Outcome, Started, Task, Update
-
-if TYPE_CHECKING:
-    from rxqueue.worker.context import WorkerContext
+from rxqueue.task import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, Done, Outcome, Task, TaskId
 
 Db = TypeVar("Db")
 Cfg = TypeVar("Cfg")
 
-FetcherFactory = Callable[[Any, Any, "WorkerContext"], Any]
+FetcherFactory = Callable[[Any, Any, Demand], Any]
 SinkFactory = Callable[[Any, Any], Any]
-AckFn = Callable[[Any, Any, Task[Any], Outcome], Awaitable[None] | None]
+AckFn = Callable[[Any, Any, Task[Any], Outcome], Awaitable[Any] | Any]
 ReleaseFn = Callable[[Any, Any, Sequence[Task[Any]]], Awaitable[None] | None]
+GetFn = Callable[[Any, Any, TaskId], Awaitable[Task[Any] | None] | Task[Any] | None]
 
 _UNSET: Any = object()
 
@@ -53,6 +60,8 @@ class BackendBuilder(Generic[Db, Cfg]):
         self._sink: SinkFactory | None = None
         self._ack: AckFn | None = None
         self._release: ReleaseFn | None = None
+        self._getter: GetFn | None = None
+        self._capabilities: set[Capability] = set()
         self._queue = DEFAULT_QUEUE
         self._codec: Codec = DEFAULT_CODEC
         self._clock: Clock = system_clock
@@ -85,8 +94,30 @@ class BackendBuilder(Generic[Db, Cfg]):
         return self
 
     def ack(self, ack: AckFn) -> Self:
-        """``ack(db, config, task, outcome)`` records Done / Retry / Killed."""
+        """``ack(db, config, task, outcome)`` records Done / Retry / Killed.
+
+        Return ``False`` when the task was no longer this worker's (its lease
+        was lost): the worker reports the late outcome as dropped.
+        """
         self._ack = _callable("ack", ack)
+        return self
+
+    def getter(self, get: GetFn) -> Self:
+        """``get(db, config, task_id)`` returns the stored Task or None: Fetch by ID.
+
+        Declares ``Capability.GET``, so ``backend.get`` and ``wait_for`` work.
+        """
+        self._getter = _callable("getter", get)
+        self._capabilities.add(Capability.GET)
+        return self
+
+    def declare(self, *capabilities: Capability) -> Self:
+        """Declare what the store honours (``Capability.DELAY``, ``PRIORITY``,
+        ``RETRY``): the conformance suite then holds the backend to it."""
+        for capability in capabilities:
+            if not isinstance(capability, Capability):
+                raise BuildError(f"declare() takes Capability values, got {capability!r}")
+        self._capabilities.update(capabilities)
         return self
 
     def release(self, release: ReleaseFn) -> Self:
@@ -134,6 +165,8 @@ class BackendBuilder(Generic[Db, Cfg]):
             sink=self._sink,
             ack=self._ack,
             release=self._release,
+            getter=self._getter,
+            capabilities=frozenset(self._capabilities),
             queue=self._queue,
             codec=self._codec,
             clock=self._clock,
@@ -153,6 +186,8 @@ class CustomBackend(Backend):
         sink: SinkFactory,
         ack: AckFn | None,
         release: ReleaseFn | None,
+        getter: GetFn | None = None,
+        capabilities: frozenset[Capability] = frozenset(),
         queue: str,
         codec: Codec,
         clock: Clock,
@@ -166,13 +201,28 @@ class CustomBackend(Backend):
         self._sink_instance: Any = None
         self._ack = ack
         self._release = release
+        self._getter = getter
+        self.capabilities = capabilities  # type: ignore[misc]  # per instance, by the builder
 
-    def _fetcher(self, ctx: WorkerContext) -> Observable[Any]:
-        source = self._fetcher_factory(self.db, self.config, ctx)
+    def _fetcher(self, demand: Demand) -> Observable[Any]:
+        source = self._fetcher_factory(self.db, self.config, demand)
         if isinstance(source, Observable):
             return source
         if isinstance(source, AsyncIterable):
-            return from_async_iterable(source, ctx)
+            unused = [source]
+
+            def fresh() -> AsyncIterable[Any]:
+                # ops.retry resubscribes: each subscription needs its own generator.
+                if unused:
+                    return unused.pop()
+                made = self._fetcher_factory(self.db, self.config, demand)
+                if not isinstance(made, AsyncIterable):
+                    raise WorkerError(
+                        f"the fetcher returned {type(made).__name__} the second time"
+                    )
+                return made
+
+            return from_async_iterable(fresh, demand)
         raise WorkerError(
             f"the fetcher returned {type(source).__name__}; it must return a reactivex "
             "Observable or an async iterable (e.g. an async generator) of Task | None"
@@ -183,7 +233,9 @@ class CustomBackend(Backend):
             self._sink_instance = self._sink_factory(self.db, self.config)
         return self._sink_instance
 
-    async def _store(self, tasks: Sequence[Task[Any]], payloads: Sequence[bytes]) -> None:
+    async def _store(
+        self, tasks: Sequence[Task[Any]], payloads: Sequence[bytes], connection: Any = None
+    ) -> list[TaskId]:
         target = self._sink_target()
         write = getattr(target, "on_next", None) or target
         if not callable(write):
@@ -198,22 +250,45 @@ class CustomBackend(Backend):
                     await result
             except Exception as exc:
                 raise BackendError(f"the sink failed to store task {task.id}: {exc}") from exc
+        self._local().doorbell.notify()
+        return [task.id for task in tasks]
 
-    async def report(self, updates: Sequence[tuple[Task[Any], Update]], ctx: WorkerContext) -> None:
+    async def report(self, batch: AckBatch) -> list[TaskId]:
         if self._ack is None:
-            return
-        for task, update in updates:
-            if isinstance(update, Started):
-                continue
-            result = self._ack(self.db, self.config, task, update)
-            if inspect.isawaitable(result):
-                await result
+            return []
+        refused: list[TaskId] = []
+        outcomes: list[tuple[Task[Any], Outcome]] = [
+            (task, Done(result)) for task, result in batch.done
+        ]
+        outcomes += batch.retried
+        outcomes += batch.killed
+        for task, outcome in outcomes:
+            answer = self._ack(self.db, self.config, task, outcome)
+            if inspect.isawaitable(answer):
+                answer = await answer
+            if answer is False:
+                refused.append(task.id)
+        self._local().finished(batch.finished)
+        return refused
 
-    async def release(self, tasks: Sequence[Task[Any]], ctx: WorkerContext) -> None:
+    async def release(self, tasks: Sequence[Task[Any]], worker: str) -> None:
         if self._release is not None:
             result = self._release(self.db, self.config, tasks)
             if inspect.isawaitable(result):
                 await result
+
+    async def _get(self, task_id: TaskId) -> Task[Any] | None:
+        if self._getter is None:
+            return None
+        found = self._getter(self.db, self.config, task_id)
+        if inspect.isawaitable(found):
+            found = await found
+        if found is not None and not isinstance(found, Task):
+            raise BackendError(
+                f"the getter returned {type(found).__name__} for {task_id!r}; "
+                "it must return a Task or None"
+            )
+        return found
 
 
 def _callable(part: str, value: Any) -> Any:

@@ -8,38 +8,35 @@ meets the same codec rules as on SQLite.
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import itertools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import orjson
 from reactivex import Observable
 
-from rxqueue.backends.base import ALL_CAPABILITIES, Backend, decode_payload
+from rxqueue.acks import AckBatch
+from rxqueue.backends.base import ALL_CAPABILITIES, Backend
 from rxqueue.clock import Clock, system_clock
 from rxqueue.codec import DEFAULT_CODEC, Codec
-from rxqueue.errors import TaskNotFound, WorkerError
-from rxqueue.streams import Wakeup, poll
+from rxqueue.demand import Demand
+from rxqueue.errors import InvalidTransition, TaskExists, TaskNotFound, WorkerError
+from rxqueue.streams import poll
 from rxqueue.task import (
     ACTIVE,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_QUEUE,
+    FIELDS,
     READY,
     TERMINAL,
-    Done,
-    Killed,
-    Retry,
-    Started,
     Status,
     Task,
     TaskId,
-    Update,
-    task_from_fields,
+    task_reader,
 )
 
-if TYPE_CHECKING:
-    from rxqueue.worker.context import WorkerContext
+_SNAPSHOT = task_reader(FIELDS)
 
 
 class _Row:
@@ -78,28 +75,13 @@ class _Row:
         self.lock_at: float | None = None
         self.done_at: float | None = None
         self.last_error = task.last_error
-        self.result: Any = None
-        self.metadata = task.metadata
+        self.result: bytes | None = None  # encoded by the worker's codec, as stores keep it
+        # Stored as JSON on every durable backend: the same round trip here.
+        self.metadata = orjson.loads(orjson.dumps(dict(task.metadata))) if task.metadata else {}
         self.version = 0  # bumped whenever the row re-enters a heap; stale entries skip
 
     def snapshot(self) -> Task[Any]:
-        return task_from_fields(
-            self.id,
-            self.queue,
-            self.args,
-            self.status,
-            self.attempts,
-            self.max_attempts,
-            self.priority,
-            self.run_at,
-            self.created_at,
-            self.lock_by,
-            self.lock_at,
-            self.done_at,
-            self.last_error,
-            self.result,
-            self.metadata,
-        )
+        return _SNAPSHOT(tuple(getattr(self, name) for name in FIELDS))
 
 
 class MemoryBackend(Backend):
@@ -129,8 +111,6 @@ class MemoryBackend(Backend):
         self._scheduled: list[tuple[float, int, int, _Row]] = []
         self._heartbeats: dict[str, float] = {}
         self._locked: dict[str, set[TaskId]] = {}
-        self._waiters: dict[TaskId, list[asyncio.Future[Task[Any]]]] = {}
-        self.wakeup = Wakeup()
 
     # --- heaps ----------------------------------------------------------------------
 
@@ -176,118 +156,161 @@ class MemoryBackend(Backend):
 
     # --- fetcher / sink / acker ------------------------------------------------------
 
-    def _fetcher(self, ctx: WorkerContext) -> Observable[Any]:
+    def _fetcher(self, demand: Demand) -> Observable[Any]:
         async def fetch_many(limit: int) -> list[Task[Any]]:
-            return self._claim(limit, ctx.name)
+            return self._claim(limit, demand.name)
 
         return poll(
             fetch_many,
-            ctx,
+            demand,
             interval=self.poll_interval,
             max_interval=self.max_poll_interval,
-            wakeup=self.wakeup,
+            wakeup=self._local().doorbell,
         )
 
-    async def _store(self, tasks: Sequence[Task[Any]], payloads: Sequence[bytes]) -> None:
+    async def _store(
+        self, tasks: Sequence[Task[Any]], payloads: Sequence[bytes], connection: Any = None
+    ) -> list[TaskId]:
         for task in tasks:
             if task.id in self._rows:
-                raise ValueError(f"a task with id {task.id!r} already exists")
+                raise TaskExists(task.id)
         for task, payload in zip(tasks, payloads, strict=True):
             row = _Row(task, payload)
             self._rows[task.id] = row
             self._enqueue(row)
-        self.wakeup.notify()
+        self._local().doorbell.notify()
+        return [task.id for task in tasks]
 
-    async def report(self, updates: Sequence[tuple[Task[Any], Update]], ctx: WorkerContext) -> None:
-        now = self.clock()
-        for task, update in updates:
-            row = self._rows.get(task.id)
-            if row is None or row.lock_by != ctx.name or row.status not in ACTIVE:
-                continue  # lease lost: another worker owns this task now
-            if isinstance(update, Started):
+    def _held(self, task: Task[Any], worker: str) -> _Row | None:
+        row = self._rows.get(task.id)
+        if row is None or row.lock_by != worker or row.status not in ACTIVE:
+            return None  # lease lost: another worker owns this task now
+        return row
+
+    async def report(self, batch: AckBatch) -> list[TaskId]:
+        now, worker = self.clock(), batch.worker
+        refused: list[TaskId] = []
+        for task in batch.started:
+            row = self._held(task, worker)
+            if row is None:
+                refused.append(task.id)
+            else:
                 row.status = Status.RUNNING
+        for task, result in batch.done:
+            row = self._held(task, worker)
+            if row is None:
+                refused.append(task.id)
+                continue
+            self._end(row, Status.DONE, now)
+            row.result = result
+        for task, retry in batch.retried:
+            row = self._held(task, worker)
+            if row is None:
+                refused.append(task.id)
                 continue
             row.attempts += 1
             self._unlock(row)
-            if isinstance(update, Done):
-                row.status = Status.DONE
-                row.result = update.result
-                row.done_at = now
-            elif isinstance(update, Retry):
-                row.status = Status.FAILED
-                row.run_at = update.at
-                row.last_error = update.error
-                self._enqueue(row)
+            row.status = Status.FAILED
+            row.run_at = retry.at
+            row.last_error = retry.error
+            self._enqueue(row)
+        for task, killed in batch.killed:
+            row = self._held(task, worker)
+            if row is None:
+                refused.append(task.id)
                 continue
-            elif isinstance(update, Killed):
-                row.status = Status.KILLED
-                row.last_error = update.error
-                row.done_at = now
-            self._finished(row)
-        if any(isinstance(update, Retry) for _, update in updates):
-            self.wakeup.notify()
+            self._end(row, Status.KILLED, now)
+            row.last_error = killed.error
+        local = self._local()
+        if batch.retried:
+            local.doorbell.notify()
+        local.finished(batch.finished)
+        return refused
 
-    def _finished(self, row: _Row) -> None:
-        waiters = self._waiters.pop(row.id, None)
-        if waiters:
-            task = decode_payload(self.codec, row.snapshot())
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(task)
+    def _end(self, row: _Row, status: Status, now: float) -> None:
+        row.attempts += 1
+        self._unlock(row)
+        row.status = status
+        row.done_at = now
 
-    async def release(self, tasks: Sequence[Task[Any]], ctx: WorkerContext) -> None:
+    async def release(self, tasks: Sequence[Task[Any]], worker: str) -> None:
         for task in tasks:
             row = self._rows.get(task.id)
-            if row is not None and row.lock_by == ctx.name and row.status is Status.QUEUED:
+            if row is not None and row.lock_by == worker and row.status is Status.QUEUED:
                 self._unlock(row)
                 row.status = Status.PENDING
                 self._enqueue(row)
-        self.wakeup.notify()
+        self._local().doorbell.notify()
 
     # --- workers and leases -------------------------------------------------------
 
-    async def register_worker(self, ctx: WorkerContext) -> None:
-        seen = self._heartbeats.get(ctx.name)
-        if seen is not None and self.clock() - seen < self.lease_timeout:
+    async def register_worker(self, worker: str) -> None:
+        """Record the worker; refuse a name whose heartbeat is still fresh.
+
+        Tasks still held under this name belong to a dead predecessor (this worker
+        has claimed nothing yet): they are taken back as by :meth:`reclaim`.
+        """
+        now = self.clock()
+        seen = self._heartbeats.get(worker)
+        if seen is not None and now - seen < self.lease_timeout:
             raise WorkerError(
-                f"a worker named {ctx.name!r} is alive (heartbeat "
-                f"{self.clock() - seen:.1f}s ago); give this worker another name"
+                f"a worker named {worker!r} is alive on queue {self.queue!r} (heartbeat "
+                f"{now - seen:.1f}s ago); give this worker another name, or stop the "
+                "other one first"
             )
-        self._heartbeats[ctx.name] = self.clock()
+        self._expire(worker, now, only_older=False)
+        self._heartbeats[worker] = now
 
-    async def heartbeat(self, ctx: WorkerContext) -> None:
-        self._heartbeats[ctx.name] = self.clock()
+    async def heartbeat(self, worker: str) -> None:
+        self._heartbeats[worker] = self.clock()
 
-    async def unregister_worker(self, ctx: WorkerContext) -> None:
-        self._heartbeats.pop(ctx.name, None)
+    async def unregister_worker(self, worker: str) -> None:
+        self._heartbeats.pop(worker, None)
 
     async def reclaim(self) -> int:
+        """Take back tasks whose worker's lease expired: Pending with one more attempt,
+        or Killed once attempts reach max_attempts. A holder with no heartbeat loses
+        only claims older than the lease (it may be a worker that never registered)."""
         now = self.clock()
         reclaimed = 0
-        for worker, held in list(self._locked.items()):
+        for worker in list(self._locked):
             seen = self._heartbeats.get(worker)
             if seen is not None and now - seen < self.lease_timeout:
                 continue
-            for task_id in list(held):
-                row = self._rows[task_id]
-                if row.status not in ACTIVE:
-                    continue
-                self._unlock(row)
-                row.attempts += 1
-                row.last_error = f"lease expired: worker {worker!r} stopped heartbeating"
-                if row.attempts >= row.max_attempts:
-                    row.status = Status.KILLED
-                    row.done_at = now
-                    self._finished(row)
-                else:
-                    row.status = Status.PENDING
-                    self._enqueue(row)
-                reclaimed += 1
-            if not held:
-                self._locked.pop(worker, None)
-        if reclaimed:
-            self.wakeup.notify()
+            reclaimed += self._expire(worker, now, only_older=seen is None)
         return reclaimed
+
+    def _expire(self, worker: str, now: float, *, only_older: bool) -> int:
+        held = self._locked.get(worker)
+        if not held:
+            return 0
+        killed: list[TaskId] = []
+        expired = 0
+        for task_id in list(held):
+            row = self._rows.get(task_id)
+            if row is None or row.status not in ACTIVE:
+                held.discard(task_id)
+                continue
+            if only_older and row.lock_at is not None and now - row.lock_at < self.lease_timeout:
+                continue
+            self._unlock(row)
+            row.attempts += 1
+            row.last_error = f"lease expired: worker {worker!r} stopped heartbeating"
+            if row.attempts >= row.max_attempts:
+                row.status = Status.KILLED
+                row.done_at = now
+                killed.append(row.id)
+            else:
+                row.status = Status.PENDING
+                self._enqueue(row)
+            expired += 1
+        if not held:
+            self._locked.pop(worker, None)
+        if expired:
+            local = self._local()
+            local.doorbell.notify()
+            local.finished(killed)
+        return expired
 
     # --- inspection -------------------------------------------------------------------
 
@@ -297,59 +320,45 @@ class MemoryBackend(Backend):
             raise TaskNotFound(f"no task {task_id!r} in queue {self.queue!r}")
         return row
 
-    async def get(self, task_id: TaskId) -> Task[Any] | None:
+    async def _get(self, task_id: TaskId) -> Task[Any] | None:
         row = self._rows.get(task_id)
-        return None if row is None else decode_payload(self.codec, row.snapshot())
+        return None if row is None else row.snapshot()
 
-    async def wait_for(
-        self, task_id: TaskId, *, timeout: float | None = None, poll_interval: float = 0.05
-    ) -> Task[Any]:
-        row = self._row(task_id)
-        if row.status in TERMINAL:
-            return decode_payload(self.codec, row.snapshot())
-        waiter: asyncio.Future[Task[Any]] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(task_id, []).append(waiter)
-        async with asyncio.timeout(timeout):
-            return await waiter
-
-    async def stats(self) -> dict[Status, int]:
+    async def _stats(self) -> dict[Status, int]:
         counts = dict.fromkeys(Status, 0)
         for row in self._rows.values():
             counts[row.status] += 1
         return counts
 
-    async def list(
-        self, *, status: Status | None = None, limit: int = 100, offset: int = 0
-    ) -> list[Task[Any]]:
+    async def _list(self, status: Status | None, limit: int, offset: int) -> list[Task[Any]]:
         rows = (row for row in self._rows.values() if status is None or row.status is status)
-        picked = itertools.islice(rows, offset, offset + limit)
-        return [decode_payload(self.codec, row.snapshot()) for row in picked]
+        return [row.snapshot() for row in itertools.islice(rows, offset, offset + limit)]
 
-    async def retry(self, task_id: TaskId) -> None:
+    async def _retry(self, task_id: TaskId) -> None:
         row = self._row(task_id)
         if row.status not in (Status.FAILED, Status.KILLED):
-            raise ValueError(
+            raise InvalidTransition(
                 f"only Failed or Killed tasks can be retried; {task_id} is {row.status}"
             )
+        self._unlock(row)
         row.status = Status.PENDING
         row.run_at = self.clock()
         row.done_at = None
         row.max_attempts = max(row.max_attempts, row.attempts + 1)
         self._enqueue(row)
-        self.wakeup.notify()
 
-    async def kill(self, task_id: TaskId, reason: str = "killed by request") -> None:
+    async def _kill(self, task_id: TaskId, reason: str) -> bool:
         row = self._row(task_id)
         if row.status in TERMINAL:
-            return
+            return False
         self._unlock(row)
         row.version += 1  # drop it from the heaps
         row.status = Status.KILLED
         row.last_error = reason
         row.done_at = self.clock()
-        self._finished(row)
+        return True
 
-    async def vacuum(self, older_than: float = 0.0) -> int:
+    async def _vacuum(self, older_than: float) -> int:
         cutoff = self.clock() - older_than
         doomed = [
             row.id

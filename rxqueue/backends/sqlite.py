@@ -26,44 +26,44 @@ pushes, and it bundles a worker's acks with its next claim
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import socket
 import sqlite3
-import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
 import orjson
 from reactivex import Observable
 
+from rxqueue.acks import AckBatch
 from rxqueue.backends import _sqlite_schema as schema
 from rxqueue.backends._sqlite_connection import Connection, Job
-from rxqueue.backends.base import ALL_CAPABILITIES, Backend, decode_payload
+from rxqueue.backends.base import ALL_CAPABILITIES, Backend
 from rxqueue.clock import Clock, system_clock
 from rxqueue.codec import DEFAULT_CODEC, Codec
-from rxqueue.errors import BackendError, CodecError, TaskNotFound, WorkerError
-from rxqueue.streams import Wakeup, poll
+from rxqueue.demand import Demand
+from rxqueue.errors import (
+    BackendError,
+    CodecError,
+    InvalidOption,
+    InvalidTransition,
+    TaskExists,
+    TaskNotFound,
+    WorkerError,
+)
+from rxqueue.streams import Doorbell, Wakeup, poll
 from rxqueue.task import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_QUEUE,
     TERMINAL,
-    Done,
-    Killed,
-    Retry,
-    Started,
     Status,
     Task,
     TaskId,
-    Update,
-    task_from_fields,
+    check_seconds,
+    task_reader,
 )
-
-if TYPE_CHECKING:
-    from rxqueue.worker.context import WorkerContext
 
 __all__ = ["SqliteBackend"]
 
@@ -72,10 +72,11 @@ Row = tuple[Any, ...]
 
 # --- SQL ------------------------------------------------------------------------------
 
-_COLUMNS = (
-    "id, queue, args, status, attempts, max_attempts, priority, run_at, created_at, "
-    "lock_by, lock_at, done_at, last_error, result, metadata"
-)
+_COLUMN_NAMES = (
+    "id", "queue", "args", "status", "attempts", "max_attempts", "priority", "run_at",
+    "created_at", "lock_by", "lock_at", "done_at", "last_error", "result", "metadata",
+)  # fmt: skip
+_COLUMNS = ", ".join(_COLUMN_NAMES)
 _READY = "status IN ('Pending', 'Failed')"  # exactly the partial index's WHERE
 _ACTIVE = "status IN ('Queued', 'Running')"
 
@@ -187,45 +188,27 @@ def _metadata(text: Any, *, lenient: bool) -> dict[str, Any]:
     return value
 
 
-def _task(row: Row, *, lenient: bool = False) -> Task[Any]:
-    """A Task from a row of ``_COLUMNS``; ``args`` and ``result`` stay encoded.
+def _strict_metadata(text: Any) -> dict[str, Any]:
+    return _metadata(text, lenient=False)
 
-    Unreadable metadata raises ValueError (a claim kills that row), unless
-    ``lenient`` (for display: ``get`` and ``list`` show it as empty).
-    """
-    (task_id, queue, args, status, attempts, max_attempts, priority, run_at, created_at,
-     lock_by, lock_at, done_at, last_error, result, metadata) = row  # fmt: skip
-    return task_from_fields(  # the Task fields, in the order of _COLUMNS
-        task_id,
-        queue,
-        _payload(args),
-        Status(status),
-        attempts,
-        max_attempts,
-        priority,
-        run_at,
-        created_at,
-        lock_by,
-        lock_at,
-        done_at,
-        last_error,
-        result,
-        _metadata(metadata, lenient=lenient),
-    )
+
+def _lenient_metadata(text: Any) -> dict[str, Any]:
+    return _metadata(text, lenient=True)
+
+
+# Rows become Tasks by column name (task_reader); ``args`` and ``result`` stay encoded.
+# Unreadable metadata raises ValueError in a claim (which kills that row); ``get`` and
+# ``list`` show it as empty.
+_CLAIMED = task_reader(
+    _COLUMN_NAMES, {"args": _payload, "status": Status, "metadata": _strict_metadata}
+)
+_SHOWN = task_reader(
+    _COLUMN_NAMES, {"args": _payload, "status": Status, "metadata": _lenient_metadata}
+)
 
 
 def _claim_order(task: Task[Any]) -> tuple[int, float, str]:
     return (-task.priority, task.run_at, task.id)
-
-
-def _encode_result(codec: Codec, result: Any) -> bytes | None:
-    """A result the codec cannot encode is stored as NULL: the task still succeeded."""
-    if result is None:
-        return None
-    try:
-        return codec.encode(result)
-    except Exception:
-        return None
 
 
 def _encode_metadata(task: Task[Any]) -> str | None:
@@ -237,62 +220,6 @@ def _encode_metadata(task: Task[Any]) -> str | None:
         raise CodecError(
             f"task {task.id}: metadata must be JSON-serialisable for SQLite ({exc})"
         ) from exc
-
-
-# --- what backends on one file share inside a process ---------------------------------------
-
-
-class _Local:
-    """The doorbell of the fetchers of one (file, queue) and its ``wait_for`` waiters.
-
-    Shared by every SqliteBackend on that file and queue in this process and
-    event loop, so a push wakes the fetchers of another instance at once, and a
-    report through one instance wakes ``wait_for`` callers of another.
-    """
-
-    __slots__ = ("waiters", "wakeup")
-
-    def __init__(self) -> None:
-        self.wakeup = Wakeup()
-        self.waiters: dict[TaskId, list[asyncio.Future[None]]] = {}
-
-    def watch(self, task_id: TaskId) -> asyncio.Future[None]:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.waiters.setdefault(task_id, []).append(future)
-        return future
-
-    def unwatch(self, task_id: TaskId, future: asyncio.Future[None]) -> None:
-        waiting = self.waiters.get(task_id)
-        if waiting is not None:
-            with contextlib.suppress(ValueError):
-                waiting.remove(future)
-            if not waiting:
-                del self.waiters[task_id]
-
-    def finished(self, task_ids: Iterable[TaskId]) -> None:
-        if not self.waiters:
-            return
-        for task_id in task_ids:
-            for future in self.waiters.pop(task_id, ()):
-                if not future.done():
-                    future.set_result(None)
-
-
-# Keyed by loop first: asyncio primitives belong to one loop, and tests run many.
-_LOCALS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], _Local]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _local(key: tuple[str, str]) -> _Local:
-    loop = asyncio.get_running_loop()
-    per_loop = _LOCALS.get(loop)
-    if per_loop is None:
-        per_loop = _LOCALS[loop] = {}
-    local = per_loop.get(key)
-    if local is None:
-        local = per_loop[key] = _Local()
-    return local
 
 
 def _locate(path: str | os.PathLike[str]) -> tuple[str, bool, str]:
@@ -308,44 +235,31 @@ def _locate(path: str | os.PathLike[str]) -> tuple[str, bool, str]:
     return text, False, os.path.abspath(text)
 
 
-class _Acks:
-    """One ``report()`` batch, split by kind into ``executemany`` parameters."""
+def _apply_acks(conn: sqlite3.Connection, batch: AckBatch, now: float) -> list[TaskId]:
+    """Apply one ack batch (in the hop's transaction); the ids refused (lease lost).
 
-    __slots__ = ("done", "killed", "retried", "started")
-
-    def __init__(
-        self, updates: Sequence[tuple[Task[Any], Update]], worker: str, now: float, codec: Codec
-    ) -> None:
-        self.started: list[Row] = []
-        self.done: list[Row] = []
-        self.retried: list[Row] = []
-        self.killed: list[Row] = []
-        for task, update in updates:
-            if isinstance(update, Started):
-                self.started.append((task.id, worker))
-            elif isinstance(update, Done):
-                self.done.append((_encode_result(codec, update.result), now, task.id, worker))
-            elif isinstance(update, Retry):
-                self.retried.append((update.at, update.error, task.id, worker))
-            elif isinstance(update, Killed):
-                self.killed.append((update.error, now, task.id, worker))
-            else:
-                raise TypeError(f"report() got {update!r}; expected Started/Done/Retry/Killed")
-
-    def apply(self, conn: sqlite3.Connection) -> None:
-        # Started first: a task started and finished in one batch ends finished.
-        for statement, rows in (
-            (_STARTED, self.started),
-            (_DONE, self.done),
-            (_RETRY, self.retried),
-            (_KILLED, self.killed),
-        ):
-            if rows:
-                conn.executemany(statement, rows)
-
-    @property
-    def finished(self) -> list[TaskId]:
-        return [row[2] for row in self.done] + [row[2] for row in self.killed]
+    Started first: a task started and finished in one batch ends finished.
+    """
+    worker = batch.worker
+    refused: list[TaskId] = []
+    for statement, rows in (
+        (_STARTED, [(task.id, worker) for task in batch.started]),
+        (_DONE, [(result, now, task.id, worker) for task, result in batch.done]),
+        (_RETRY, [(r.at, r.error, task.id, worker) for task, r in batch.retried]),
+        (_KILLED, [(k.error, now, task.id, worker) for task, k in batch.killed]),
+    ):
+        if not rows:
+            continue
+        conn.execute("SAVEPOINT acks")
+        changed = conn.executemany(statement, rows).rowcount
+        if changed < len(rows):
+            # Some lease was lost: redo this kind row by row to learn which.
+            conn.execute("ROLLBACK TO acks")
+            for row in rows:
+                if conn.execute(statement, row).rowcount == 0:
+                    refused.append(row[-2])
+        conn.execute("RELEASE acks")
+    return refused
 
 
 class _DuplicateId(Exception):
@@ -384,18 +298,19 @@ class SqliteBackend(Backend):
     ) -> None:
         super().__init__(queue=queue, codec=codec, clock=clock, max_attempts=max_attempts)
         if durability not in ("normal", "full"):
-            raise ValueError(f"durability must be 'normal' or 'full', got {durability!r}")
+            raise InvalidOption(f"durability must be 'normal' or 'full', got {durability!r}")
         positive = {
             "lease_timeout": lease_timeout,
             "heartbeat_interval": heartbeat_interval,
             "poll_interval": poll_interval,
         }
         for name, value in positive.items():
-            if value <= 0:
-                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-        if busy_timeout < 0:
-            raise ValueError(f"busy_timeout must be >= 0 seconds, got {busy_timeout!r}")
+            if check_seconds(name, value) <= 0:
+                raise InvalidOption(f"{name} must be a positive number of seconds, got {value!r}")
+        check_seconds("max_poll_interval", max_poll_interval)
+        check_seconds("busy_timeout", busy_timeout, minimum=0.0)
         target, uri, self.path = _locate(path)
+        self._channel_key = ("sqlite", self.path, queue)
         self.lease_timeout = lease_timeout
         self.heartbeat_interval = heartbeat_interval
         self.durability = durability
@@ -430,8 +345,23 @@ class SqliteBackend(Backend):
 
     # --- plumbing -------------------------------------------------------------------------
 
-    def _local(self) -> _Local:
-        return _local((self.path, self.queue))
+    async def _open(self) -> None:
+        await self._read(_nothing)  # connects, checks the schema version, migrates
+
+    async def _close(self) -> None:
+        await self._db.close()
+        doorbell = self._local().doorbell
+        closer = getattr(doorbell, "close", None)
+        if closer is not None:
+            closer()
+
+    def _make_doorbell(self) -> Doorbell:
+        # Workers in other processes learn of a push at once, not at their next poll.
+        try:
+            from rxqueue.backends._doorbell import SocketDoorbell
+        except ImportError:  # the helper module is still being written
+            return Wakeup()
+        return SocketDoorbell(f"sqlite:{self.path}:{self.queue}")
 
     async def _write(self, fn: Callable[[sqlite3.Connection], R]) -> R:
         return await self._db.run(Job(fn, write=True))
@@ -439,33 +369,27 @@ class SqliteBackend(Backend):
     async def _read(self, fn: Callable[[sqlite3.Connection], R]) -> R:
         return await self._db.run(Job(fn))
 
-    def _shown(self, task: Task[Any]) -> Task[Any]:
-        """For ``get``/``list``: payload and result decoded where they decode."""
-        task = decode_payload(self.codec, task)
-        if isinstance(task.result, bytes):
-            with contextlib.suppress(CodecError):
-                task = task.evolve(result=self.codec.decode(task.result))
-        return task
-
     def _expired(self, changed: Sequence[Row]) -> None:
         """After leases were taken back: wake fetchers, and waiters of killed tasks."""
         if changed:
             local = self._local()
-            local.wakeup.notify()
+            local.doorbell.notify()
             local.finished(task_id for task_id, status in changed if status == Status.KILLED)
 
     # --- fetcher --------------------------------------------------------------------------
 
-    def _fetcher(self, ctx: WorkerContext) -> Observable[Any]:
+    def _fetcher(self, demand: Demand) -> Observable[Any]:
+        name = demand.name
+
         async def fetch_many(limit: int) -> list[Task[Any]]:
-            return await self._claim(ctx.name, limit)
+            return await self._claim(name, limit)
 
         return poll(
             fetch_many,
-            ctx,
+            demand,
             interval=self.poll_interval,
             max_interval=self.max_poll_interval,
-            wakeup=self._local().wakeup,
+            wakeup=self._local().doorbell,
         )
 
     async def _claim(self, worker: str, limit: int) -> list[Task[Any]]:
@@ -483,7 +407,7 @@ class SqliteBackend(Backend):
             corrupt: list[Row] = []
             for row in rows:
                 try:
-                    tasks.append(_task(row))
+                    tasks.append(_CLAIMED(row))
                 except (ValueError, TypeError) as exc:
                     corrupt.append((f"corrupt task row: {exc}", now, row[0], worker))
             if corrupt:
@@ -498,11 +422,10 @@ class SqliteBackend(Backend):
 
     # --- sink -------------------------------------------------------------------------------
 
-    async def _store(self, tasks: Sequence[Task[Any]], payloads: Sequence[bytes]) -> None:
+    async def _store(
+        self, tasks: Sequence[Task[Any]], payloads: Sequence[bytes], connection: Any = None
+    ) -> list[TaskId]:
         ids = [task.id for task in tasks]
-        if len(set(ids)) != len(ids):
-            repeated = next(task_id for task_id in ids if ids.count(task_id) > 1)
-            raise ValueError(f"task id {repeated!r} appears twice in one send_many")
         rows = [
             (task.id, self.queue, payload, task.attempts, task.max_attempts, task.priority,
              task.run_at, task.created_at, task.last_error, _encode_metadata(task))
@@ -519,37 +442,38 @@ class SqliteBackend(Backend):
             await self._write(insert)
         except _DuplicateId:
             taken = await self._read(partial(_first_existing, ids=ids))
-            raise ValueError(f"a task with id {taken!r} already exists") from None
-        self._local().wakeup.notify()
+            raise TaskExists(taken or "?") from None
+        self._local().doorbell.notify()
+        return ids
 
     # --- acker ------------------------------------------------------------------------------
 
-    async def report(self, updates: Sequence[tuple[Task[Any], Update]], ctx: WorkerContext) -> None:
-        if not updates:
-            return
-        acks = _Acks(updates, ctx.name, self.clock(), self.codec)
-        await self._write(acks.apply)
+    async def report(self, batch: AckBatch) -> list[TaskId]:
+        if not len(batch):
+            return []
+        refused = await self._write(partial(_apply_acks, batch=batch, now=self.clock()))
         local = self._local()
-        if acks.retried:
-            local.wakeup.notify()
+        if batch.retried:
+            local.doorbell.notify()
         if local.waiters:
-            local.finished(acks.finished)
+            local.finished(batch.finished)
+        return refused
 
-    async def release(self, tasks: Sequence[Task[Any]], ctx: WorkerContext) -> None:
-        rows = [(task.id, ctx.name) for task in tasks]
+    async def release(self, tasks: Sequence[Task[Any]], worker: str) -> None:
+        rows = [(task.id, worker) for task in tasks]
         if rows:
             await self._write(partial(_executemany, statement=_RELEASE, rows=rows))
-        self._local().wakeup.notify()
+        self._local().doorbell.notify()
 
     # --- workers and leases -------------------------------------------------------------------
 
-    async def register_worker(self, ctx: WorkerContext) -> None:
+    async def register_worker(self, worker: str) -> None:
         """Record the worker; refuse a name whose heartbeat is still fresh.
 
         Tasks still held under this name belong to a dead predecessor (this worker
         has claimed nothing yet): they are taken back as by :meth:`reclaim`.
         """
-        queue, name, now, lease = self.queue, ctx.name, self.clock(), self.lease_timeout
+        queue, name, now, lease = self.queue, worker, self.clock(), self.lease_timeout
         pid, host = os.getpid(), socket.gethostname()
 
         def register(conn: sqlite3.Connection) -> list[Row]:
@@ -566,13 +490,13 @@ class SqliteBackend(Backend):
 
         self._expired(await self._write(register))
 
-    async def heartbeat(self, ctx: WorkerContext) -> None:
-        row = (self.queue, ctx.name, self.clock(), os.getpid(), socket.gethostname())
+    async def heartbeat(self, worker: str) -> None:
+        row = (self.queue, worker, self.clock(), os.getpid(), socket.gethostname())
         await self._write(partial(_executemany, statement=_HEARTBEAT, rows=[row]))
 
-    async def unregister_worker(self, ctx: WorkerContext) -> None:
+    async def unregister_worker(self, worker: str) -> None:
         """Forget the worker (only this process's registration of the name)."""
-        row = (self.queue, ctx.name, os.getpid(), socket.gethostname())
+        row = (self.queue, worker, os.getpid(), socket.gethostname())
         await self._write(partial(_executemany, statement=_UNREGISTER, rows=[row]))
 
     async def reclaim(self) -> int:
@@ -598,69 +522,37 @@ class SqliteBackend(Backend):
 
     # --- inspection ---------------------------------------------------------------------------
 
-    async def get(self, task_id: TaskId) -> Task[Any] | None:
+    async def _get(self, task_id: TaskId) -> Task[Any] | None:
         row = await self._read(partial(_select_task, task_id=task_id, queue=self.queue))
-        return None if row is None else self._shown(_task(row, lenient=True))
+        return None if row is None else _SHOWN(row)
 
-    async def wait_for(
-        self, task_id: TaskId, *, timeout: float | None = None, poll_interval: float = 0.05
-    ) -> Task[Any]:
-        """Wait until the task is Done or Killed and return it.
-
-        A report from this process wakes the wait at once; a task finished by
-        another process is seen by polling, every ``poll_interval`` seconds at
-        first, backing off to ``max_poll_interval``.
-        """
-        local = self._local()
-        delay = poll_interval
-        async with asyncio.timeout(timeout):
-            while True:
-                signal = local.watch(task_id)
-                try:
-                    task = await self.get(task_id)
-                    if task is None:
-                        raise TaskNotFound(f"no task {task_id!r} in queue {self.queue!r}")
-                    if task.status in TERMINAL:
-                        return task
-                    await asyncio.wait({signal}, timeout=delay)
-                    woken = signal.done()
-                finally:
-                    local.unwatch(task_id, signal)
-                delay = poll_interval if woken else min(self.max_poll_interval, delay * 2)
-
-    async def stats(self) -> dict[Status, int]:
+    async def _stats(self) -> dict[Status, int]:
         rows = await self._read(partial(_fetchall, statement=_STATS, params=(self.queue,)))
-        counts = dict.fromkeys(Status, 0)
-        for status, count in rows:
-            counts[Status(status)] = count
-        return counts
+        return {Status(status): count for status, count in rows}
 
-    async def list(
-        self, *, status: Status | None = None, limit: int = 100, offset: int = 0
-    ) -> list[Task[Any]]:
+    async def _list(self, status: Status | None, limit: int, offset: int) -> list[Task[Any]]:
         params: tuple[Any, ...]
         if status is None:
             statement, params = _LIST, (self.queue, limit, offset)
         else:
-            statement, params = _LIST_STATUS, (self.queue, Status(status).value, limit, offset)
+            statement, params = _LIST_STATUS, (self.queue, status.value, limit, offset)
         rows = await self._read(partial(_fetchall, statement=statement, params=params))
-        return [self._shown(_task(row, lenient=True)) for row in rows]
+        return [_SHOWN(row) for row in rows]
 
-    async def retry(self, task_id: TaskId) -> None:
+    async def _retry(self, task_id: TaskId) -> None:
         now, queue = self.clock(), self.queue
 
         def retry(conn: sqlite3.Connection) -> None:
             status = _status_of(conn, task_id, queue)
             if status not in (Status.FAILED, Status.KILLED):
-                raise ValueError(
+                raise InvalidTransition(
                     f"only Failed or Killed tasks can be retried; {task_id} is {status}"
                 )
             conn.execute(_RETRY_NOW, (now, task_id))
 
         await self._write(retry)
-        self._local().wakeup.notify()
 
-    async def kill(self, task_id: TaskId, reason: str = "killed by request") -> None:
+    async def _kill(self, task_id: TaskId, reason: str) -> bool:
         now, queue = self.clock(), self.queue
 
         def kill(conn: sqlite3.Connection) -> bool:
@@ -669,10 +561,9 @@ class SqliteBackend(Backend):
             conn.execute(_KILL, (reason, now, task_id))
             return True
 
-        if await self._write(kill):
-            self._local().finished([task_id])
+        return await self._write(kill)
 
-    async def vacuum(self, older_than: float = 0.0) -> int:
+    async def _vacuum(self, older_than: float) -> int:
         cutoff, queue = self.clock() - older_than, self.queue
 
         def vacuum(conn: sqlite3.Connection) -> int:
@@ -685,11 +576,12 @@ class SqliteBackend(Backend):
         rows = await self._read(partial(_fetchall, statement=_HAS_WORK, params=params))
         return bool(rows[0][0])
 
-    async def close(self) -> None:
-        await self._db.close()
-
 
 # --- small statements run as jobs ------------------------------------------------------------
+
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    pass
 
 
 def _executemany(conn: sqlite3.Connection, *, statement: str, rows: Sequence[Row]) -> None:

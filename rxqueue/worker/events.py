@@ -14,7 +14,12 @@ from rxqueue.task import TaskId
 
 @dataclass(frozen=True, slots=True)
 class RunSummary:
-    """What a run did. ``failed`` counts attempts that did not succeed (retried + killed)."""
+    """What a run did, as the store recorded it.
+
+    ``failed`` counts attempts that did not succeed (retried + killed);
+    ``released`` tasks went back unstarted; ``lost`` outcomes were not recorded
+    (the lease had expired, or the store failed: see ``LeaseLost``/``AckError``).
+    """
 
     done: int
     failed: int
@@ -22,6 +27,7 @@ class RunSummary:
     killed: int
     elapsed: float
     released: int = 0
+    lost: int = 0
 
     @property
     def processed(self) -> int:
@@ -101,6 +107,21 @@ class AckError:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseLost:
+    """The store refused an update: this worker no longer held the task.
+
+    Its lease expired (the handler blocked the event loop, or the heartbeat
+    could not reach the store, for longer than ``lease_timeout``) and the task
+    was reclaimed, so another attempt may run or have run. ``finished`` says the
+    refused update was this attempt's outcome, which is dropped.
+    """
+
+    worker: str
+    task_id: TaskId
+    finished: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Stopped:
     worker: str
     at: float
@@ -108,5 +129,14 @@ class Stopped:
 
 
 Event: TypeAlias = (
-    Started | Idle | Succeeded | Failed | Retrying | Killed | FetcherError | AckError | Stopped
+    Started
+    | Idle
+    | Succeeded
+    | Failed
+    | Retrying
+    | Killed
+    | FetcherError
+    | AckError
+    | LeaseLost
+    | Stopped
 )

@@ -25,11 +25,12 @@ from reactivex.disposable import Disposable
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 from reactivex.subject import Subject
 
+from rxqueue.acks import AckBatch
 from rxqueue.backends.base import Backend
 from rxqueue.backoff import constant
-from rxqueue.errors import BackendError, CodecError, WorkerError
+from rxqueue.errors import BackendUnavailable, CodecError, WorkerError
 from rxqueue.streams import ObservableIterator, to_async_iterable
-from rxqueue.task import Done, Outcome, Retry, Started, Task, Update
+from rxqueue.task import Done, Killed, Outcome, Retry, Started, Task, TaskId, Update
 from rxqueue.worker import events as ev
 from rxqueue.worker.context import TaskContext, WorkerContext
 from rxqueue.worker.handler import HandlerSpec
@@ -137,6 +138,7 @@ class Worker:
         self.clock = backend.clock
         self._data = dict(data or {})
         self._pipeline: Next = compose(layers, self._invoke)
+        self._batch_pipeline: Next = compose(layers, self._invoke_batch)
         self._events: Subject[ev.Event] = Subject()
         self._running = False
         self._stop_requested: asyncio.Event | None = None
@@ -183,6 +185,12 @@ class Worker:
         result = await self.handler.call(args, ctx)
         return _DONE if result is None else Done(result)
 
+    async def _invoke_batch(self, task: Task[Any], ctx: TaskContext) -> Outcome:
+        spec = self.handler
+        payloads = [spec.decode(each, spec.convert_item) for each in ctx.tasks]
+        result = await spec.call(payloads, ctx)
+        return _DONE if result is None else Done(result)
+
     def _emit(self, event: ev.Event) -> None:
         self._events.on_next(event)
 
@@ -204,71 +212,50 @@ class _Run:
         self.in_flight = 0
         self.all_idle: asyncio.Event | None = None  # made when a stop waits for handlers
         self.stop = asyncio.Event()
+        self.ended = asyncio.Event()
         self.fetcher_done = False
         self.fetcher_error: BaseException | None = None
+        self.interrupt: BaseException | None = None  # KeyboardInterrupt/SystemExit of a handler
         self.idle_marker = False
         self.idle_check: asyncio.Task[None] | None = None
         self.updates: list[tuple[Task[Any], Update]] = []
-        self.started: dict[str, tuple[Task[Any], float]] = {}
+        self.started: dict[TaskId, tuple[Task[Any], float]] = {}
+        self.to_release: list[Task[Any]] = []  # dropped inside the pipe: back to the store
+        self.revoked: set[TaskId] = set()  # killed in the store while buffered: never start
+        # Per-attempt cancel scopes: which consumer runs each task, and pending requests.
+        self.running: dict[TaskId, asyncio.Task[Any]] = {}
+        self.cancel_requests: dict[TaskId, str] = {}
         self.flush_now = asyncio.Event()
+        self.flush_lock = asyncio.Lock()
         self.flush_timer: asyncio.TimerHandle | None = None
-        self.done = self.failed = self.retried = self.killed = self.released = 0
+        self.closing = False
+        # What the store recorded (acks that succeeded), so the summary is the truth.
+        self.done = self.retried = self.killed = self.released = self.lost = 0
         self.ctx = WorkerContext(
             worker.name,
             concurrency=worker.settings.concurrency,
             prefetch=worker.settings.prefetch,
             clock=worker.clock,
             data=worker._data,
+            on_dropped=self._dropped,
         )
 
     # --- lifecycle ----------------------------------------------------------------
 
     async def execute(self) -> ev.RunSummary:
-        worker, ctx = self.worker, self.ctx
+        worker = self.worker
         if worker._running:
             raise WorkerError(f"worker {worker.name!r} is already running")
         worker._running = True
         worker._stop_requested = self.stop
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        await worker.backend.register_worker(ctx)
-        if worker._observed:
-            worker._emit(ev.Started(worker.name, worker.clock()))
-        consumers = [loop.create_task(self._consume()) for _ in range(worker.settings.concurrency)]
-        helpers = [loop.create_task(self._ack_loop()), loop.create_task(self._heartbeat_loop())]
-        undo_signals = stop_on_signals(loop, self.stop.set) if self.handle_signals else _nothing
-        subscription: DisposableBase = Disposable()
         try:
-            subscription = worker.backend.fetcher(ctx).subscribe(
-                on_next=self._on_next,
-                on_error=self._on_error,
-                on_completed=self._on_completed,
-                scheduler=AsyncIOScheduler(loop),
-            )
-            await self.stop.wait()
+            summary = await self._execute()
         finally:
-            undo_signals()
-            ctx.stopping = True
-            subscription.dispose()
-            await self._shutdown(consumers)
-            for helper in helpers:
-                helper.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
-            await self._flush()
-            with contextlib.suppress(Exception):
-                await worker.backend.unregister_worker(ctx)
             worker._running = False
             worker._stop_requested = None
-        summary = ev.RunSummary(
-            done=self.done,
-            failed=self.failed,
-            retried=self.retried,
-            killed=self.killed,
-            elapsed=loop.time() - began,
-            released=self.released,
-        )
-        if worker._observed:
-            worker._emit(ev.Stopped(worker.name, worker.clock(), summary))
+            self.ended.set()
+        if self.interrupt is not None:
+            raise self.interrupt
         if self.fetcher_error is not None:
             raise WorkerError(
                 f"worker {worker.name!r} stopped: its fetcher failed with "
@@ -277,25 +264,85 @@ class _Run:
             ) from self.fetcher_error
         return summary
 
+    async def _execute(self) -> ev.RunSummary:
+        worker, ctx, backend = self.worker, self.ctx, self.worker.backend
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await backend.open()
+        await backend.register_worker(worker.name)
+        detach = backend.attach(self._stop_and_wait)
+        undo_revoked = backend.on_revoked(self._on_revoked)
+        if worker._observed:
+            worker._emit(ev.Started(worker.name, worker.clock()))
+        consumers = [loop.create_task(self._consume()) for _ in range(worker.settings.concurrency)]
+        ack_loop = loop.create_task(self._ack_loop())
+        heartbeat = loop.create_task(self._heartbeat_loop())
+        undo_signals = stop_on_signals(loop, self.stop.set) if self.handle_signals else _nothing
+        subscription: DisposableBase = Disposable()
+        cancelled = False
+        try:
+            subscription = backend.fetcher(ctx).subscribe(
+                on_next=self._on_next,
+                on_error=self._on_error,
+                on_completed=self._on_completed,
+                scheduler=AsyncIOScheduler(loop),
+            )
+            try:
+                await self.stop.wait()
+            except asyncio.CancelledError:
+                cancelled = True  # a cancelled run stops as gracefully as a stopped one
+        finally:
+            undo_signals()
+            undo_revoked()
+            ctx.stopping = True
+            subscription.dispose()
+            await self._shutdown(consumers)
+            heartbeat.cancel()
+            # The ack loop is never cancelled mid-flush: it ends after a last, complete
+            # flush, shielded so that a cancelled run still records every outcome.
+            self.closing = True
+            self.flush_now.set()
+            await _shielded(ack_loop)
+            await asyncio.gather(heartbeat, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await backend.unregister_worker(worker.name)
+            detach()
+        if cancelled:
+            raise asyncio.CancelledError
+        summary = ev.RunSummary(
+            done=self.done,
+            failed=self.retried + self.killed,
+            retried=self.retried,
+            killed=self.killed,
+            elapsed=loop.time() - began,
+            released=self.released,
+            lost=self.lost,
+        )
+        if worker._observed:
+            worker._emit(ev.Stopped(worker.name, worker.clock(), summary))
+        return summary
+
+    async def _stop_and_wait(self) -> None:
+        """``backend.close()`` calls this: stop, and wait until the run has ended."""
+        self.stop.set()
+        if asyncio.current_task() in self.running.values():
+            return  # closed from inside a handler: waiting would wait for ourselves
+        await self.ended.wait()
+
     async def _shutdown(self, consumers: list[asyncio.Task[None]]) -> None:
         ctx = self.ctx
         # Claims in progress finish into the ledger; then unstarted tasks go back at once.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.worker.settings.shutdown_timeout):
                 await ctx.wait_fetches_done()
-        unstarted: list[Task[Any]] = list(ctx.in_transit.values())
+        self.to_release.extend(ctx.in_transit.values())
         ctx.in_transit.clear()
         while self.buffer:
             item = self.buffer.popleft()
-            unstarted.extend(item if isinstance(item, list) else (item,))
+            self.to_release.extend(item if isinstance(item, list) else (item,))
         ctx.buffered = 0
-        if unstarted:
+        if self.to_release:
             await self._flush()
-            try:
-                await self.worker.backend.release(unstarted, ctx)
-                self.released += len(unstarted)
-            except Exception as exc:  # leases bring them back; never lose the stop
-                self._report_ack_error(exc, len(unstarted))
         if self.in_flight:
             self.all_idle = asyncio.Event()
             with contextlib.suppress(TimeoutError):
@@ -314,19 +361,24 @@ class _Run:
                 self.worker._emit(ev.Idle(self.worker.name, self.worker.clock()))
             self._maybe_idle()
             return
-        in_transit = self.ctx.in_transit
+        ctx = self.ctx
+        in_transit, dropped = ctx.in_transit, ctx.dropped_ids
         if isinstance(item, list):
+            if dropped:
+                item = [task for task in item if not _skip_dropped(dropped, task)]
             if not item:
                 return
             for task in item:
                 in_transit.pop(task.id, None)
-            self.ctx.buffered += len(item)
+            ctx.buffered += len(item)
         else:
+            if dropped and _skip_dropped(dropped, item):
+                return  # released already (an operator emitted it late)
             in_transit.pop(item.id, None)
-            self.ctx.buffered += 1
+            ctx.buffered += 1
         self.idle_marker = False
         self.buffer.append(item)
-        if self.runnable <= 0 and not self.ctx.stopping:
+        if self.runnable <= 0 and not ctx.stopping:
             self._wake_consumer()
 
     def _on_error(self, error: Exception) -> None:
@@ -338,6 +390,22 @@ class _Run:
     def _on_completed(self) -> None:
         self.fetcher_done = True
         self._maybe_idle()
+
+    def _dropped(self, tasks: list[Task[Any]]) -> None:
+        """The ledger's hook: claimed tasks left the pipe; release them at the next flush."""
+        self.to_release.extend(tasks)
+        self._flush_soon()
+
+    def _on_revoked(self, task_ids: list[TaskId]) -> None:
+        """Tasks killed in the store: those claimed and not started here never start."""
+        buffered = {
+            task.id
+            for item in self.buffer
+            for task in (item if isinstance(item, list) else (item,))
+        }
+        for task_id in task_ids:
+            if task_id in buffered or task_id in self.ctx.in_transit:
+                self.revoked.add(task_id)
 
     # --- consumers ------------------------------------------------------------------
     #
@@ -355,16 +423,30 @@ class _Run:
                 waiter.set_result(None)
                 return
 
+    def cancel_attempt(self, task_id: TaskId, reason: str) -> bool:
+        """Cancel the running attempt of ``task_id`` only: its handler sees
+        ``CancelledError`` at its next await, the task ends Killed with ``reason``,
+        and its consumer goes on. False if the task is not running here."""
+        consumer = self.running.get(task_id)
+        if consumer is None:
+            return False
+        self.cancel_requests[task_id] = reason
+        consumer.cancel()
+        return True
+
     async def _consume(self) -> None:
         # The single-task path is written out here, not split into helper
         # coroutines: each extra frame costs ~0.3 us on a ~7 us per-task budget.
         buffer, ctx, worker = self.buffer, self.ctx, self.worker
-        loop, clock, pipeline, started = (
+        loop, clock, pipeline, started, running = (
             asyncio.get_running_loop(),
             worker.clock,
             worker._pipeline,
             self.started,
+            self.running,
         )
+        me = asyncio.current_task()
+        assert me is not None
         self.runnable += 1
         while True:
             if not buffer or ctx.stopping:  # once stopping, unstarted tasks go back
@@ -383,8 +465,12 @@ class _Run:
                     continue
                 ctx.buffered -= 1
                 ctx.capacity_changed()
+                if self.revoked and item.id in self.revoked:
+                    self.revoked.discard(item.id)  # killed while buffered: it must not run
+                    continue
                 started_at = clock()
                 started[item.id] = (item, started_at)
+                running[item.id] = me
                 try:
                     step = pipeline(item, TaskContext(item, ctx))
                     if type(step) is types.CoroutineType:
@@ -396,12 +482,16 @@ class _Run:
                             outcome = await self._suspended(step, pending)
                     else:
                         outcome = await step
-                except asyncio.CancelledError:
-                    # Stopping past the shutdown timeout: the attempt ends here.
-                    self._record(item, _interrupted(item, clock()), started_at)
-                    raise
-                except Exception as error:
+                except asyncio.CancelledError as error:
+                    outcome = self._cancelled(item, error, me, started_at)
+                except (KeyboardInterrupt, SystemExit) as error:
+                    outcome = self._interrupt(item, error)
+                except (Exception, GeneratorExit) as error:
                     outcome = failure_outcome(item, error, now=clock())
+                finally:
+                    del running[item.id]
+                if self.cancel_requests:
+                    outcome = self._scope_ended(item, outcome, me)
                 self._record(item, outcome, started_at)
             finally:
                 self.in_flight -= 1
@@ -410,6 +500,37 @@ class _Run:
                         self.all_idle.set()
                     if not buffer:
                         self._maybe_idle()
+
+    def _cancelled(
+        self, task: Task[Any], error: asyncio.CancelledError, me: asyncio.Task[Any], at: float
+    ) -> Outcome:
+        """A CancelledError out of an attempt: whose cancellation was it?"""
+        reason = self.cancel_requests.pop(task.id, None)
+        if reason is not None:  # this attempt's own cancel scope
+            me.uncancel()
+            return Killed(f"cancelled: {reason}")
+        if me.cancelling():
+            # The worker is stopping past its shutdown timeout: the attempt ends here.
+            self._record(task, _interrupted(task, self.worker.clock()), at)
+            raise error
+        # The handler raised CancelledError of its own: a failure of this task only.
+        return failure_outcome(task, error, now=self.worker.clock())
+
+    def _scope_ended(self, task: Task[Any], outcome: Outcome, me: asyncio.Task[Any]) -> Outcome:
+        """A cancel requested as the attempt finished (or swallowed by the handler)."""
+        reason = self.cancel_requests.pop(task.id, None)
+        if reason is None:
+            return outcome
+        me.uncancel()
+        return Killed(f"cancelled: {reason}")
+
+    def _interrupt(self, task: Task[Any], error: BaseException) -> Outcome:
+        """KeyboardInterrupt/SystemExit from a handler: this attempt is interrupted and
+        the worker stops gracefully; ``run`` raises the error once nothing is claimed."""
+        if self.interrupt is None:
+            self.interrupt = error
+        self.stop.set()
+        return _interrupted(task, self.worker.clock())
 
     async def _suspended(self, coro: Coroutine[Any, Any, _R], pending: Any) -> _R:
         """Finish a handler that suspended; meanwhile another consumer may take over."""
@@ -434,51 +555,71 @@ class _Run:
         return await self._suspended(coro, pending)
 
     async def _run_batch(self, tasks: list[Task[Any]]) -> None:
+        """One call of a batch handler, through the same layers as single tasks."""
         worker, spec = self.worker, self.worker.handler
+        if self.revoked:
+            tasks = [task for task in tasks if task.id not in self.revoked]
+            self.revoked.difference_update(task.id for task in tasks)
         started_at = worker.clock()
         good: list[Task[Any]] = []
-        payloads: list[Any] = []
         for task in tasks:
             try:
-                payloads.append(spec.decode(task, spec.convert_item))
+                spec.decode(task, spec.convert_item)  # a bad payload fails alone
                 good.append(task)
             except CodecError as error:
                 self._record(task, failure_outcome(task, error, now=started_at), started_at)
         if not good:
             return
+        me = asyncio.current_task()
+        assert me is not None
         for task in good:
             self.started[task.id] = (task, started_at)
+            self.running[task.id] = me
+        first = good[0]
+        outcomes: list[Outcome]
         try:
-            result = await self._attempt(spec.call(payloads, TaskContext(good[0], self.ctx)))
-        except asyncio.CancelledError:
-            for task in good:
-                self._record(task, _interrupted(task, worker.clock()), started_at)
-            raise
-        except Exception as error:
+            outcome = await self._attempt(
+                worker._batch_pipeline(first, TaskContext(first, self.ctx, good))
+            )
+            if type(outcome) is Done and outcome.result is not None:
+                outcome = self._encoded(first, outcome)  # once for the whole batch
+            outcomes = [_for_each(outcome, task) for task in good]
+        except asyncio.CancelledError as error:
+            outcomes = [self._cancelled(task, error, me, started_at) for task in good]
+        except (KeyboardInterrupt, SystemExit) as error:
+            outcomes = [self._interrupt(task, error) for task in good]
+        except (Exception, GeneratorExit) as error:
             now = worker.clock()
+            outcomes = [failure_outcome(task, error, now=now) for task in good]
+        finally:
             for task in good:
-                self._record(task, failure_outcome(task, error, now=now), started_at)
-            return
-        for task in good:
-            self._record(task, Done(result), started_at)
+                self.running.pop(task.id, None)
+        for task, each in zip(good, outcomes, strict=True):
+            if self.cancel_requests:
+                each = self._scope_ended(task, each, me)
+            self._record(task, each, started_at, encoded=True)
 
-    def _record(self, task: Task[Any], outcome: Outcome, started_at: float) -> None:
+    def _record(
+        self, task: Task[Any], outcome: Outcome, started_at: float, *, encoded: bool = False
+    ) -> None:
         self.started.pop(task.id, None)
+        if type(outcome) is Done and outcome.result is not None and not encoded:
+            outcome = self._encoded(task, outcome)
         self.updates.append((task, outcome))
-        if type(outcome) is Done:
-            self.done += 1
-        elif type(outcome) is Retry:
-            self.failed += 1
-            self.retried += 1
-        else:
-            self.failed += 1
-            self.killed += 1
         if len(self.updates) >= self.worker.settings.ack_batch:
             self.flush_now.set()
         else:
             self._flush_soon()
         if self.worker._observed:
             self._emit_outcome(task, outcome, started_at)
+
+    def _encoded(self, task: Task[Any], outcome: Done) -> Outcome:
+        """Results follow the codec on every backend; one it cannot encode fails the attempt."""
+        try:
+            return Done(self.worker.handler.codec.encode(outcome.result))
+        except CodecError as error:
+            reason = CodecError(f"the handler's result cannot be stored: {error}")
+            return failure_outcome(task, reason, now=self.worker.clock())
 
     def _flush_soon(self) -> None:
         """Flush within ``ack_interval``: one timer per flush, not per task."""
@@ -506,40 +647,79 @@ class _Run:
         while True:
             await self.flush_now.wait()
             await self._flush()
+            if self.closing and not (self.updates or self.started or self.to_release):
+                return
 
     async def _flush(self) -> None:
-        self.flush_now.clear()
-        if self.flush_timer is not None:
-            self.flush_timer.cancel()
-            self.flush_timer = None
-        batch = self.updates
-        if self.started:
-            # Tasks still running at flush time are marked Running, once.
-            batch = [(task, Started(at)) for task, at in self.started.values()] + batch
-            self.started.clear()
-        if not batch:
-            return
-        self.updates = []
-        for attempt in range(3):
-            try:
-                await self.worker.backend.report(batch, self.ctx)
+        async with self.flush_lock:
+            self.flush_now.clear()
+            if self.flush_timer is not None:
+                self.flush_timer.cancel()
+                self.flush_timer = None
+            if self.to_release:
+                await self._release()
+            updates = self.updates
+            if self.started:
+                # Tasks still running at flush time are marked Running, once.
+                updates = [(task, Started(at)) for task, at in self.started.values()] + updates
+                self.started.clear()
+            if not updates:
                 return
-            except Exception as exc:
-                if attempt == 2 or not isinstance(exc, BackendError):
-                    self._report_ack_error(exc, len(batch))
-                    return
-                await asyncio.sleep(0.05 * 2**attempt)
+            self.updates = []
+            batch = AckBatch.of(self.worker.name, updates)
+            refused = await self._apply(batch)
+            if refused is not None:
+                self._count(batch, refused)
+
+    async def _apply(self, batch: AckBatch) -> Sequence[TaskId] | None:
+        """Report the batch; retry only transient errors. None: it was not recorded."""
+        backend = self.worker.backend
+        for attempt in range(4):
+            try:
+                return await backend.report(batch)
+            except BackendUnavailable as exc:
+                if attempt == 3:
+                    self._report_ack_error(exc, batch.outcomes)
+            except Exception as exc:  # permanent: trying again cannot help
+                self._report_ack_error(exc, batch.outcomes)
+                break
+            await asyncio.sleep(0.05 * 2**attempt)
+        self.lost += batch.outcomes
+        return None
+
+    def _count(self, batch: AckBatch, refused: Sequence[TaskId]) -> None:
+        lost = set(refused)
+        self.done += sum(1 for task, _ in batch.done if task.id not in lost)
+        self.retried += sum(1 for task, _ in batch.retried if task.id not in lost)
+        self.killed += sum(1 for task, _ in batch.killed if task.id not in lost)
+        if lost:
+            finished = {task.id for task, _ in batch.done}
+            finished.update(task.id for task, _ in batch.retried)
+            finished.update(task.id for task, _ in batch.killed)
+            late = [task_id for task_id in refused if task_id in finished]
+            self.lost += len(late)
+            if self.worker._observed:
+                for task_id in refused:
+                    self.worker._emit(ev.LeaseLost(self.worker.name, task_id, task_id in finished))
+
+    async def _release(self) -> None:
+        tasks, self.to_release = self.to_release, []
+        try:
+            await self.worker.backend.release(tasks, self.worker.name)
+            self.released += len(tasks)
+        except Exception as exc:  # leases bring them back; never lose the stop
+            self._report_ack_error(exc, len(tasks))
 
     def _report_ack_error(self, error: BaseException, count: int) -> None:
         if self.worker._observed:
             self.worker._emit(ev.AckError(self.worker.name, describe(error), count))
 
     async def _heartbeat_loop(self) -> None:
-        backend, ctx = self.worker.backend, self.ctx
+        backend, name = self.worker.backend, self.worker.name
         while True:
             await asyncio.sleep(self.worker.settings.heartbeat_interval)
             try:
-                await backend.heartbeat(ctx)
+                await backend.heartbeat(name)
                 await backend.reclaim()
             except Exception as exc:  # a missed beat is survivable; the lease is long
                 self._report_ack_error(exc, 0)
@@ -560,8 +740,38 @@ class _Run:
             await self._flush()
             if self.buffer or self.in_flight or self.ctx.in_transit or not self.idle_marker:
                 return
-            has_work = await self.worker.backend.has_work(self.worker.settings.idle_horizon)
+            backend = self.worker.backend
+            # Tasks of a dead worker count as work: take them back before deciding.
+            if await backend.reclaim():
+                return
+            has_work = await backend.has_work(self.worker.settings.idle_horizon)
             if not has_work and not self.buffer and not self.in_flight:
                 self.stop.set()
+        except Exception as exc:
+            self._report_ack_error(exc, 0)
         finally:
             self.idle_check = None
+
+
+def _skip_dropped(dropped: set[TaskId], task: Task[Any]) -> bool:
+    if task.id in dropped:
+        dropped.discard(task.id)
+        return True
+    return False
+
+
+def _for_each(outcome: Outcome, task: Task[Any]) -> Outcome:
+    """A batch call's outcome, for one of its tasks: a retry counts each task's attempts."""
+    if isinstance(outcome, Retry) and task.attempts + 1 >= task.max_attempts:
+        return Killed(f"{outcome.error} (attempt {task.attempts + 1} of {task.max_attempts})")
+    return outcome
+
+
+async def _shielded(task: asyncio.Task[None]) -> None:
+    """Wait for ``task``; if we are cancelled meanwhile, it still runs to its end."""
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            await asyncio.wait({task})
+        raise

@@ -1,0 +1,142 @@
+"""Demand: what a worker tells its fetcher, below both backends and the worker.
+
+A fetcher claims only what the worker can take. :class:`Demand` is that
+contract: reserve slots, claim at most that many tasks, report what was
+claimed (the *ledger*, from which a stop or a drop releases tasks), and wait
+for capacity. :class:`Ledger` is the one implementation; the worker's
+``WorkerContext`` extends it with identity and shared data. Backends,
+``streams`` and ``ops`` depend on this module only, never on ``worker/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol, runtime_checkable
+
+from rxqueue.clock import Clock
+from rxqueue.task import Task, TaskId
+
+
+@runtime_checkable
+class Demand(Protocol):
+    """The demand protocol fetchers honour. ``name`` is the claiming worker's name."""
+
+    name: str
+    prefetch: int
+    clock: Clock
+
+    @property
+    def free_capacity(self) -> int: ...
+
+    def reserve(self, wanted: int) -> int: ...
+
+    def claimed(self, reserved: int, tasks: Iterable[Task[Any]]) -> None: ...
+
+    def dropped(self, tasks: Iterable[Task[Any]]) -> None: ...
+
+    async def wait_for_capacity(self, at_least: int = 1) -> None: ...
+
+    def wake(self) -> None: ...
+
+
+class Ledger:
+    """Capacity and the ledger of claimed-but-unstarted tasks of one worker run.
+
+    ``in_transit`` holds tasks a fetcher claimed that have not reached the
+    worker's buffer (an operator may hold them); ``buffered`` counts those in
+    the buffer. Tasks that leave the pipe without reaching the worker (an
+    operator filtered them, a subscription was disposed mid-claim) are
+    :meth:`dropped`: out of the ledger and handed to ``on_dropped``, which
+    releases them to the store at once.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        prefetch: int,
+        clock: Clock,
+        on_dropped: Callable[[list[Task[Any]]], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.prefetch = prefetch
+        self.clock = clock
+        self.in_transit: dict[TaskId, Task[Any]] = {}
+        # Dropped tasks that an operator may still emit late: the worker skips them.
+        self.dropped_ids: set[TaskId] = set()
+        self.buffered = 0
+        self.stopping = False
+        self._reserved = 0  # slots reserved by claims in progress
+        self._capacity = asyncio.Event()
+        self._wanted = 1  # the free capacity a waiting fetcher asked for
+        self._fetches_done = asyncio.Event()
+        self._fetches_done.set()
+        self._on_dropped = on_dropped
+
+    @property
+    def free_capacity(self) -> int:
+        """How many more tasks this worker may hold claimed-but-unstarted."""
+        if self.stopping:
+            return 0
+        return max(0, self.prefetch - self._reserved - len(self.in_transit) - self.buffered)
+
+    def reserve(self, wanted: int) -> int:
+        """Reserve up to ``wanted`` slots before claiming; returns how many were granted.
+
+        Pair with :meth:`claimed` once the claim returns (also when it failed).
+        """
+        granted = min(wanted, self.free_capacity)
+        if granted > 0:
+            self._fetches_done.clear()
+            self._reserved += granted
+        return granted
+
+    def claimed(self, reserved: int, tasks: Iterable[Task[Any]]) -> None:
+        """Record tasks a fetcher claimed against ``reserved`` slots (0 if it reserved none)."""
+        in_transit = self.in_transit
+        for task in tasks:
+            in_transit[task.id] = task
+        if reserved:
+            self._reserved -= reserved
+            if self._reserved == 0:
+                self._fetches_done.set()
+
+    def dropped(self, tasks: Iterable[Task[Any]]) -> None:
+        """Claimed tasks that will never reach the worker: out of the ledger, back to the store."""
+        lost = [task for task in tasks if self.in_transit.pop(task.id, None) is not None]
+        if lost:
+            self.dropped_ids.update(task.id for task in lost)
+            if self._on_dropped is not None:
+                self._on_dropped(lost)
+            self.capacity_changed()
+
+    async def wait_for_capacity(self, at_least: int = 1) -> None:
+        """Return once :attr:`free_capacity` reaches ``at_least``, or is positive while
+        the worker has run dry (a small claim then beats idling), or when woken by
+        :meth:`wake`. Callers re-check: a return is a hint, not a promise."""
+        if self._enough(at_least):
+            return
+        self._wanted = at_least
+        self._capacity.clear()
+        await self._capacity.wait()
+
+    def _enough(self, at_least: int) -> bool:
+        free = self.free_capacity
+        return free >= at_least or (free > 0 and not self.buffered and not self.in_transit)
+
+    def capacity_changed(self) -> None:
+        """A task left the buffer: wake a waiting fetcher if it now has enough room."""
+        if not self._capacity.is_set() and self._enough(self._wanted):
+            self._capacity.set()
+
+    def wake(self) -> None:
+        """Wake a waiting fetcher unconditionally (it is being disposed)."""
+        self._capacity.set()
+
+    async def wait_fetches_done(self) -> None:
+        """Wait for claims in progress, so that every claimed task is in the ledger."""
+        await self._fetches_done.wait()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, free_capacity={self.free_capacity})"
