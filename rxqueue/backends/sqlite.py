@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
+import weakref
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, TypeVar
@@ -262,6 +263,11 @@ def _apply_acks(conn: sqlite3.Connection, batch: AckBatch, now: float) -> list[T
     return refused
 
 
+# Backends on one file and queue share one doorbell in a process (and event loop):
+# how many of them are open, so that only the last one to close closes it.
+_DOORBELL_USERS: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+
 class _DuplicateId(Exception):
     """An insert hit an existing id; ``_store`` finds which one after the rollback."""
 
@@ -320,6 +326,8 @@ class SqliteBackend(Backend):
         self._db = Connection(
             target, uri=uri, path=self.path, durability=durability, busy_timeout=busy_timeout
         )
+        # The closable doorbell this backend (and its pipe copies) holds while open.
+        self._doorbell_held: list[Doorbell] = []
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SqliteBackend:
@@ -347,13 +355,26 @@ class SqliteBackend(Backend):
 
     async def _open(self) -> None:
         await self._read(_nothing)  # connects, checks the schema version, migrates
+        doorbell = self._local().doorbell
+        if callable(getattr(doorbell, "close", None)):
+            _DOORBELL_USERS[doorbell] = _DOORBELL_USERS.get(doorbell, 0) + 1
+            self._doorbell_held.append(doorbell)
 
     async def _close(self) -> None:
         await self._db.close()
-        doorbell = self._local().doorbell
-        closer = getattr(doorbell, "close", None)
-        if closer is not None:
-            closer()
+        # Close the shared doorbell only if no other open backend uses it, and give
+        # the channel a fresh one, so that a backend opened later still rings.
+        while self._doorbell_held:
+            doorbell = self._doorbell_held.pop()
+            users = _DOORBELL_USERS.get(doorbell, 1) - 1
+            if users > 0:
+                _DOORBELL_USERS[doorbell] = users
+                continue
+            _DOORBELL_USERS.pop(doorbell, None)
+            doorbell.close()  # type: ignore[attr-defined]
+            local = self._local()
+            if local.doorbell is doorbell:
+                local.doorbell = self._make_doorbell()
 
     def _make_doorbell(self) -> Doorbell:
         # Workers in other processes learn of a push at once, not at their next poll.
