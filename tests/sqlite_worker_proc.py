@@ -7,6 +7,9 @@ several processes start together), then works until idle and prints ``done``.
 Every handler run appends the task id to the file RUNS in one unbuffered
 ``O_APPEND`` write, so a SIGKILL loses no record of a run that began. After
 ``N`` runs it prints ``progress`` (the parent's cue to kill it mid-run).
+
+:func:`record_run` is a handler for ``rxqueue worker ... tests.sqlite_worker_proc:record_run``:
+it records each run the same way, in the file named by ``$RXQUEUE_TEST_RUNS``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,21 @@ import sys
 
 from rxqueue import TaskContext, WorkerBuilder
 from rxqueue.backends.sqlite import SqliteBackend
+
+RUNS_ENV = "RXQUEUE_TEST_RUNS"
+
+
+def record(runs: int, task_id: str) -> None:
+    """One unbuffered O_APPEND write per run: a SIGKILL loses no record of a run that began."""
+    os.write(runs, f"{task_id}\n".encode())
+
+
+async def record_run(job: object, ctx: TaskContext) -> None:
+    runs = os.open(os.environ[RUNS_ENV], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        record(runs, ctx.task_id)
+    finally:
+        os.close(runs)
 
 
 def say(word: str) -> None:
@@ -38,7 +56,7 @@ async def main() -> None:
 
     async def handler(job: object, ctx: TaskContext) -> None:
         nonlocal count
-        os.write(runs, f"{ctx.task_id}\n".encode())
+        record(runs, ctx.task_id)
         count += 1
         if count == args.progress:
             say("progress")

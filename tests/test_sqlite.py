@@ -8,6 +8,7 @@ on stop, vacuum. The generic contract is the conformance suite's job.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import sqlite3
 from collections.abc import AsyncIterator, Callable
@@ -17,12 +18,24 @@ from typing import Any
 import pytest
 
 import rxqueue
-from rxqueue import ManualClock, Status, Task, WorkerBuilder, WorkerContext, events
+from rxqueue import ManualClock, Status, Task, WorkerBuilder, events
+from rxqueue.acks import AckBatch
 from rxqueue.backends import _sqlite_schema as schema
 from rxqueue.backends import sqlite as sqlite_module
 from rxqueue.backends.sqlite import SqliteBackend
-from rxqueue.errors import BackendError, SchemaError, TaskNotFound, WorkerError
-from rxqueue.task import Done, Killed, Retry, Started
+from rxqueue.codec import DEFAULT_CODEC
+from rxqueue.errors import (
+    BackendClosed,
+    BackendError,
+    BackendUnavailable,
+    InvalidOption,
+    InvalidTransition,
+    SchemaError,
+    TaskExists,
+    TaskNotFound,
+    WorkerError,
+)
+from rxqueue.task import Done, Killed, Retry, Started, Update
 
 T0 = 1_700_000_000.0
 
@@ -43,8 +56,25 @@ async def backend(path: Path, clock: ManualClock) -> AsyncIterator[SqliteBackend
         yield b
 
 
-def ctx(name: str = "w1", clock: ManualClock | None = None) -> WorkerContext:
-    return WorkerContext(name, concurrency=1, prefetch=100, clock=clock or ManualClock(T0))
+@contextlib.asynccontextmanager
+async def unopened(path: Path | str, **options: Any) -> AsyncIterator[SqliteBackend]:
+    """A backend used without ``async with`` (which opens it, so would raise first)."""
+    b = SqliteBackend(path, **options)
+    try:
+        yield b
+    finally:
+        await b.close()
+
+
+async def report(
+    b: SqliteBackend, worker: str, updates: list[tuple[Task[Any], Update]]
+) -> list[str]:
+    """Report as worker ``worker`` would: one typed batch; the refused ids."""
+    return list(await b.report(AckBatch.of(worker, updates)))
+
+
+def encoded(value: Any) -> bytes:
+    return DEFAULT_CODEC.encode(value)
 
 
 async def on_thread(b: SqliteBackend, fn: Callable[[sqlite3.Connection], Any]) -> Any:
@@ -98,9 +128,9 @@ def test_connect_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_options_are_checked(path: Path) -> None:
-    with pytest.raises(ValueError, match="durability"):
+    with pytest.raises(InvalidOption, match="durability"):
         SqliteBackend(path, durability="sometimes")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="lease_timeout"):
+    with pytest.raises(InvalidOption, match="lease_timeout"):
         SqliteBackend(path, lease_timeout=0)
     with pytest.raises(ValueError, match="database file"):
         SqliteBackend(":memory:")
@@ -141,11 +171,15 @@ async def test_newer_schema_is_refused_untouched(path: Path) -> None:
         conn.execute("CREATE TABLE tasks (id TEXT)")
         conn.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION + 1}")
     before = fingerprint(path)
-    async with SqliteBackend(path) as b:
+    async with unopened(path) as b:
         with pytest.raises(SchemaError, match=r"newer than the version .* Upgrade rxqueue"):
             await b.push("x")
         with pytest.raises(SchemaError):  # and again: nothing was half-opened
             await b.get("some-id")
+    async with unopened(path) as b:
+        with pytest.raises(SchemaError, match="newer than the version"):
+            async with b:  # `async with` opens, so refuses at once
+                pass
     assert fingerprint(path) == before
     assert not exists(f"{path}-wal")
 
@@ -153,7 +187,7 @@ async def test_newer_schema_is_refused_untouched(path: Path) -> None:
 async def test_foreign_tables_are_refused(path: Path) -> None:
     with raw(path) as conn:
         conn.execute("CREATE TABLE tasks (something_else TEXT)")
-    async with SqliteBackend(path) as b:
+    async with unopened(path) as b:
         with pytest.raises(SchemaError, match="tables rxqueue did not create"):
             await b.push("x")
 
@@ -162,7 +196,7 @@ async def test_damaged_schema_is_refused(path: Path) -> None:
     with raw(path) as conn:
         conn.execute("CREATE TABLE unrelated (x)")
         conn.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION}")
-    async with SqliteBackend(path) as b:
+    async with unopened(path) as b:
         with pytest.raises(SchemaError, match="no tasks or workers table: the schema is damaged"):
             await b.stats()
 
@@ -279,10 +313,11 @@ async def test_push_many_is_one_hop_and_all_or_nothing(backend: SqliteBackend) -
     ids = await backend.push_many(range(1000))
     assert backend._db.hops - hops == 1
     tasks = [Task(args=i, id=task_id) for i, task_id in enumerate(["fresh-1", ids[500], "fresh-2"])]
-    with pytest.raises(ValueError, match=f"a task with id '{ids[500]}' already exists"):
+    with pytest.raises(TaskExists, match=f"a task with id '{ids[500]}' already exists") as info:
         await backend.send_many(tasks)
+    assert info.value.task_id == ids[500]
     assert await backend.get("fresh-1") is None
-    with pytest.raises(ValueError, match="appears twice"):
+    with pytest.raises(InvalidOption, match="appears twice"):
         await backend.send_many([Task(args=1, id="x"), Task(args=2, id="x")])
 
 
@@ -294,7 +329,7 @@ async def test_a_failing_push_does_not_fail_its_hop_mates(backend: SqliteBackend
         backend.push("ok-2"),
         return_exceptions=True,
     )
-    assert isinstance(results[1], ValueError)
+    assert isinstance(results[1], TaskExists)
     assert all(isinstance(r, str) for r in (results[0], results[2]))
     assert (await backend.stats())[Status.PENDING] == 3
 
@@ -307,17 +342,21 @@ async def test_report_batches_outcomes(backend: SqliteBackend, clock: ManualCloc
     claimed = await backend._claim("w1", 5)
     by_id = {t.id: t for t in claimed}
     a, b, c, d, e = (by_id[i] for i in ids)
+    with pytest.raises(TypeError, match="the worker encodes results"):
+        AckBatch.of("w1", [(b, Done(object()))])  # results reach the store encoded
     hops = backend._db.hops
-    await backend.report(
+    refused = await report(
+        backend,
+        "w1",
         [
-            (a, Done({"sent": True})),
-            (b, Done(object())),  # cannot be encoded: stored as NULL, batch goes on
+            (a, Done(encoded({"sent": True}))),
+            (b, Done(None)),  # no result
             (c, Retry(clock() + 5, "boom")),
             (d, Killed("bad")),
             (e, Started(clock())),
         ],
-        ctx("w1"),
     )
+    assert refused == []
     assert backend._db.hops - hops == 1
     got = {i: await backend.get(i) for i in ids}
     assert [got[i].status for i in ids if got[i]] == [  # type: ignore[union-attr]
@@ -343,10 +382,69 @@ async def test_updates_from_a_worker_without_the_lease_are_ignored(
 ) -> None:
     task_id = await backend.push("x")
     [task] = await backend._claim("w1", 1)
-    await backend.report([(task, Done())], ctx("intruder"))
-    await backend.release([task], ctx("intruder"))
+    assert await report(backend, "intruder", [(task, Done())]) == [task_id]
+    await backend.release([task], "intruder")
     got = await backend.get(task_id)
     assert got and got.status is Status.QUEUED and got.lock_by == "w1"
+
+
+async def test_a_mixed_batch_with_lost_leases_refuses_exactly_those(
+    backend: SqliteBackend, clock: ManualClock
+) -> None:
+    await backend.register_worker("w1")
+    await backend.register_worker("w2")
+    lost = await backend.push_many(["a0", "a1", "a2", "a3"])
+    await backend._claim("w1", 4)
+    clock.advance(31)  # w1 misses its heartbeats: its leases are taken back
+    await backend.heartbeat("w2")
+    assert await backend.reclaim() == 4
+    taken = await backend._claim("w2", 2)  # two go to w2, two stay Pending
+    assert [t.id for t in taken] == lost[:2]
+    await backend.heartbeat("w1")  # w1 is back and claims new work
+    held_ids = await backend.push_many(["b0", "b1", "b2", "b3"], priority=1)
+    held = await backend._claim("w1", 4)
+    assert [t.id for t in held] == held_ids
+    await backend.kill(held_ids[3], "no longer needed")  # a lease lost to a kill
+    a0, a1, a2, a3 = (Task(args=None, id=task_id) for task_id in lost)  # w1's stale copies
+    b0, b1, b2, b3 = held
+    hops = backend._db.hops
+    refused = await report(
+        backend,
+        "w1",
+        [
+            (b0, Started(clock())),
+            (a3, Started(clock())),
+            (b1, Done(encoded("ok"))),
+            (a0, Done(encoded("late"))),
+            (b2, Retry(clock() + 5, "boom")),
+            (a1, Retry(clock() + 5, "late boom")),
+            (b3, Killed("late kill")),
+            (a2, Killed("late kill")),
+        ],
+    )
+    assert backend._db.hops - hops == 1  # one transaction, whatever was refused
+    assert sorted(refused) == sorted([a0.id, a1.id, a2.id, a3.id, b3.id])
+    assert len(refused) == len(set(refused))
+    got = {t.id: t for t in await backend.list()}
+    # The held ones were applied ...
+    assert got[b0.id].status is Status.RUNNING and got[b0.id].lock_by == "w1"
+    assert got[b1.id].status is Status.DONE and got[b1.id].result == "ok"
+    assert got[b2.id].status is Status.FAILED and got[b2.id].last_error == "boom"
+    assert [got[t.id].attempts for t in (b0, b1, b2)] == [0, 1, 1]
+    # ... and the refused ones are as they were.
+    assert got[b3.id].status is Status.KILLED and got[b3.id].last_error == "no longer needed"
+    for task_id in lost[:2]:
+        task = got[task_id]
+        assert (task.status, task.lock_by, task.attempts, task.result) == (
+            Status.QUEUED,
+            "w2",
+            1,
+            None,
+        )
+    for task_id in lost[2:]:
+        task = got[task_id]
+        assert (task.status, task.lock_by, task.attempts) == (Status.PENDING, None, 1)
+        assert (task.last_error or "").startswith("lease expired")
 
 
 # --- leases -----------------------------------------------------------------------------------
@@ -354,10 +452,10 @@ async def test_updates_from_a_worker_without_the_lease_are_ignored(
 
 async def test_leases_expire_without_heartbeats(backend: SqliteBackend, clock: ManualClock) -> None:
     ids = await backend.push_many(["a", "b"], max_attempts=2)
-    worker = ctx("w1")
+    worker = "w1"
     await backend.register_worker(worker)
     claimed = await backend._claim("w1", 2)
-    await backend.report([(claimed[1], Started(clock()))], worker)
+    assert await report(backend, worker, [(claimed[1], Started(clock()))]) == []
     clock.advance(20)
     await backend.heartbeat(worker)
     clock.advance(20)  # 20 s since the last heartbeat: alive
@@ -369,7 +467,8 @@ async def test_leases_expire_without_heartbeats(backend: SqliteBackend, clock: M
     assert all(
         t and t.last_error == "lease expired: worker 'w1' stopped heartbeating" for t in tasks
     )
-    await backend.report([(claimed[0], Done())], worker)  # too late: ignored
+    # too late: refused, and nothing changes
+    assert await report(backend, worker, [(claimed[0], Done())]) == [claimed[0].id]
     assert (await backend.stats())[Status.PENDING] == 2
     again = await backend._claim("w1", 2)  # second attempt, and the lease lapses again
     assert len(again) == 2
@@ -392,23 +491,23 @@ async def test_claims_of_unregistered_workers_expire_by_claim_age(
 async def test_a_live_name_is_refused(
     backend: SqliteBackend, clock: ManualClock, path: Path
 ) -> None:
-    await backend.register_worker(ctx("w1"))
+    await backend.register_worker("w1")
     async with SqliteBackend(path, clock=clock, lease_timeout=30.0) as other:
         with pytest.raises(WorkerError, match=r"named 'w1' is alive .* another name"):
-            await other.register_worker(ctx("w1"))
-        await other.register_worker(ctx("w2"))  # other names are fine
-        await backend.unregister_worker(ctx("w1"))
-        await other.register_worker(ctx("w1"))  # free again once unregistered
+            await other.register_worker("w1")
+        await other.register_worker("w2")  # other names are fine
+        await backend.unregister_worker("w1")
+        await other.register_worker("w1")  # free again once unregistered
 
 
 async def test_a_restarted_name_takes_back_its_dead_predecessors_tasks(
     backend: SqliteBackend, clock: ManualClock
 ) -> None:
     task_id = await backend.push("x")
-    await backend.register_worker(ctx("w1"))
+    await backend.register_worker("w1")
     await backend._claim("w1", 1)
     clock.advance(30)  # the first w1 died without a word
-    await backend.register_worker(ctx("w1"))
+    await backend.register_worker("w1")
     task = await backend.get(task_id)
     assert task and task.status is Status.PENDING and task.attempts == 1
 
@@ -416,8 +515,8 @@ async def test_a_restarted_name_takes_back_its_dead_predecessors_tasks(
 async def test_release_returns_unstarted_tasks(backend: SqliteBackend) -> None:
     ids = await backend.push_many(["a", "b"])
     claimed = await backend._claim("w1", 2)
-    await backend.report([(claimed[1], Started(T0))], ctx("w1"))
-    await backend.release(claimed, ctx("w1"))
+    await report(backend, "w1", [(claimed[1], Started(T0))])
+    await backend.release(claimed, "w1")
     tasks = [await backend.get(i) for i in ids]
     assert statuses([t for t in tasks if t]) == [Status.PENDING, Status.RUNNING]
     assert tasks[0] and tasks[0].attempts == 0 and tasks[0].lock_by is None
@@ -486,6 +585,59 @@ async def test_bad_rows_fail_alone(path: Path) -> None:
     assert (corrupt.last_error or "").startswith("corrupt task row")
 
 
+async def test_a_result_the_codec_refuses_is_never_stored(path: Path) -> None:
+    async def handler(job: str) -> Any:
+        return {"nan": float("nan"), "object": object(), "ok": {"fine": True}, "none": None}[job]
+
+    async with SqliteBackend(path) as b:
+        ids = dict(
+            zip(
+                ["nan", "object", "ok", "none"],
+                await b.push_many(["nan", "object", "ok", "none"], max_attempts=3),
+                strict=True,
+            )
+        )
+        summary = await WorkerBuilder("w").backend(b).build(handler).run_until_idle()
+        found = {job: await b.get(task_id) for job, task_id in ids.items()}
+    assert (summary.done, summary.killed, summary.retried) == (2, 2, 0)
+    for job in ("nan", "object"):
+        task = found[job]
+        assert task and task.status is Status.KILLED and task.attempts == 1  # not retried
+        assert "result cannot be stored" in (task.last_error or "")
+    assert "NaN" in (found["nan"].last_error or "")  # type: ignore[union-attr]
+    assert "object" in (found["object"].last_error or "")  # type: ignore[union-attr]
+    assert found["ok"] and found["ok"].result == {"fine": True}
+    with raw(path) as conn:  # the only NULL result is the handler's own None
+        rows = conn.execute("SELECT id, status, result FROM tasks").fetchall()
+    stored = {task_id: (status, result) for task_id, status, result in rows}
+    assert stored[ids["ok"]] == ("Done", b'{"fine":true}')
+    assert stored[ids["none"]] == ("Done", None)
+    assert stored[ids["nan"]] == stored[ids["object"]] == ("Killed", None)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("priority", "high"), ("delay", float("nan")), ("max_attempts", 0), ("run_at", "5")],
+)
+async def test_bad_push_options_store_nothing(path: Path, option: str, value: Any) -> None:
+    seen: list[str] = []
+
+    async def handler(job: str) -> None:
+        seen.append(job)
+
+    async with SqliteBackend(path) as b:
+        with pytest.raises(InvalidOption, match=option):
+            await b.push("bad", **{option: value})
+        with pytest.raises(InvalidOption, match=option):
+            await b.push_many(["bad-1", "bad-2"], **{option: value})
+        assert set((await b.stats()).values()) == {0}
+        good = await b.push_many(["good-1", "good-2"])
+        summary = await WorkerBuilder("w").backend(b).build(handler).run_until_idle()
+        assert summary.done == 2 and sorted(seen) == ["good-1", "good-2"]
+        assert [t.id for t in await b.list(status=Status.DONE)] == good
+        assert sum((await b.stats()).values()) == 2
+
+
 # --- wake-up and waiting ----------------------------------------------------------------------
 
 
@@ -511,6 +663,49 @@ async def test_a_push_wakes_fetchers_of_other_instances_at_once(path: Path) -> N
         assert done.status is Status.DONE
         worker.stop()
         await run
+
+
+async def test_closing_a_neighbour_keeps_the_cross_process_doorbell(path: Path) -> None:
+    """Backends on one file and queue share a doorbell in a process: closing one
+    (before or while another runs) must not silence the others' doorbell."""
+    from rxqueue.backends._doorbell import SocketDoorbell
+
+    handled = asyncio.Event()
+
+    async def handler(job: str) -> None:
+        handled.set()
+
+    async with SqliteBackend(path) as before:  # open and closed before the worker starts
+        await before.stats()
+    consumer = SqliteBackend(path, poll_interval=60, max_poll_interval=60)
+    async with consumer:
+        worker = WorkerBuilder("w").backend(consumer).build(handler)
+        idle = asyncio.Event()
+        worker.events.subscribe(
+            on_next=lambda e: idle.set() if isinstance(e, events.Idle) else None
+        )
+        run = asyncio.create_task(worker.run(handle_signals=False))
+        try:
+            await asyncio.wait_for(idle.wait(), 10)
+            async with SqliteBackend(path) as during:  # opened and closed while it idles
+                await during.stats()
+            # Another process's push: a row written by another connection, and a ring
+            # from another doorbell of the channel (as that process's would ring).
+            with raw(path) as conn:
+                conn.execute(
+                    "INSERT INTO tasks (id, queue, args, status, max_attempts, run_at, created_at)"
+                    " VALUES ('afar', 'default', ?, 'Pending', 3, 0, 0)",
+                    (encoded("afar"),),
+                )
+            ringer = SocketDoorbell(f"sqlite:{consumer.path}:default")
+            try:
+                ringer.ring()
+            finally:
+                ringer.close()
+            await asyncio.wait_for(handled.wait(), 5)  # the poll alone would take 60 s
+        finally:
+            worker.stop()
+            await run
 
 
 async def test_wait_for_polls_for_other_processes(backend: SqliteBackend, path: Path) -> None:
@@ -541,16 +736,16 @@ async def test_kill_retry_vacuum(backend: SqliteBackend, clock: ManualClock) -> 
     assert killed and killed.status is Status.KILLED and killed.last_error == "no longer needed"
     with pytest.raises(TaskNotFound):
         await backend.kill("nope")
-    with pytest.raises(ValueError, match="only Failed or Killed"):
+    with pytest.raises(InvalidTransition, match="only Failed or Killed"):
         await backend.retry(b)
     clock.advance(5)
     await backend.retry(a)
     again = await backend.get(a)
     assert again and again.status is Status.PENDING and again.run_at == clock()
     claimed = await backend._claim("w1", 3)
-    await backend.report([(t, Done()) for t in claimed if t.id != c], ctx("w1"))
+    await report(backend, "w1", [(t, Done()) for t in claimed if t.id != c])
     clock.advance(100)
-    await backend.report([(t, Done()) for t in claimed if t.id == c], ctx("w1"))
+    await report(backend, "w1", [(t, Done()) for t in claimed if t.id == c])
     assert await backend.vacuum(older_than=50) == 2
     assert [t.id for t in await backend.list()] == [c]
     assert await backend.vacuum() == 1
@@ -580,7 +775,7 @@ async def test_closed_backend_refuses_work(path: Path) -> None:
     assert (await piped.stats())[Status.PENDING] == 1  # pipes share the connection
     await b.close()
     await b.close()
-    with pytest.raises(BackendError, match="is closed"):
+    with pytest.raises(BackendClosed, match="is closed"):
         await piped.push("y")
 
 
@@ -595,6 +790,7 @@ async def test_read_only_file(path: Path) -> None:
         with pytest.raises(BackendError, match=rf"{path}: the database is read-only") as info:
             await ro.push("refused")
         assert isinstance(info.value.__cause__, sqlite3.OperationalError)
+        assert not isinstance(info.value, BackendUnavailable)  # permanent: do not retry
     async with SqliteBackend(path) as b:
         assert [t.id for t in await b.list()] == [task_id]
 
@@ -602,14 +798,14 @@ async def test_read_only_file(path: Path) -> None:
 async def test_not_a_database(path: Path) -> None:
     with path.open("wb") as garbage:
         garbage.write(b"this is not a database, just bytes\n" * 200)
-    async with SqliteBackend(path) as b:
+    async with unopened(path) as b:
         with pytest.raises(BackendError, match=rf"{path}: the file is not a SQLite database"):
             await b.push("x")
 
 
 async def test_missing_directory(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-dir" / "tasks.db"
-    async with SqliteBackend(missing) as b:
+    async with unopened(missing) as b:
         with pytest.raises(BackendError, match="cannot be opened: check that its directory"):
             await b.push("x")
 
@@ -620,8 +816,8 @@ async def test_locked_database(path: Path) -> None:
         holder = raw(path)
         holder.execute("BEGIN EXCLUSIVE")
         try:
-            with pytest.raises(BackendError, match=r"locked: .* busy_timeout=0.05s"):
-                await b.push("blocked")
+            with pytest.raises(BackendUnavailable, match=r"locked: .* busy_timeout=0.05s"):
+                await b.push("blocked")  # transient: the same push may succeed later
             assert (await b.get(kept)) is not None  # WAL: reads go on
         finally:
             holder.execute("ROLLBACK")
@@ -634,8 +830,9 @@ async def test_full_disk(backend: SqliteBackend) -> None:
     kept = await backend.push("kept")
     pages = await on_thread(backend, lambda c: c.execute("PRAGMA page_count").fetchone()[0])
     await on_thread(backend, lambda c: c.execute(f"PRAGMA max_page_count = {pages + 1}"))
-    with pytest.raises(BackendError, match="the disk is full"):
+    with pytest.raises(BackendError, match="the disk is full") as info:
         await backend.push_many(["x" * 10_000] * 20)
+    assert not isinstance(info.value, BackendUnavailable)
     await on_thread(backend, lambda c: c.execute("PRAGMA max_page_count = 1000000"))
     assert [t.id for t in await backend.list()] == [kept]
     await backend.push("after")

@@ -1,9 +1,10 @@
-"""SqliteBackend across processes: a crash mid-run, and two workers on one file.
+"""SqliteBackend across processes: a crash mid-run, two workers on one file, and
+a push from another process waking an idle worker.
 
 Worker processes run ``tests/sqlite_worker_proc.py``; every handler run is
 recorded (one line per run, task id) so runs can be counted afterwards. The
-tests wait on the workers' own words (``ready``, ``progress``, ``done``), never
-on sleeps.
+tests wait on the workers' own words (``ready``, ``progress``, ``done``) and on
+worker events, never on sleeps.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from rxqueue import ManualClock, Status, TaskContext, WorkerBuilder
+from rxqueue import ManualClock, Status, TaskContext, WorkerBuilder, events
 from rxqueue.backends.sqlite import SqliteBackend
+from rxqueue.cli import main as cli_main
+from tests.sqlite_worker_proc import RUNS_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -29,12 +32,16 @@ SCRIPT = Path(__file__).with_name("sqlite_worker_proc.py")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def spawn(db: Path, name: str, runs: Path, *options: str) -> subprocess.Popen[str]:
+def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def spawn(db: Path, name: str, runs: Path, *options: str) -> subprocess.Popen[str]:
     command = [sys.executable, str(SCRIPT), str(db), name, str(runs), *options]
     return subprocess.Popen(
-        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=child_env()
     )
 
 
@@ -70,10 +77,11 @@ async def fill(db: Path, count: int) -> list[str]:
         return await backend.push_many(range(count))
 
 
-def test_a_crashed_worker_loses_nothing(tmp_path: Path) -> None:
-    db, runs = tmp_path / "tasks.db", tmp_path / "runs.txt"
-    ids = asyncio.run(fill(db, 2000))
-    proc = spawn(db, "doomed", runs, "--delay", "0.002", "--progress", "300")
+def kill_mid_run(db: Path, runs: Path, count: int, progress: int) -> tuple[list[str], set[str]]:
+    """Push ``count`` tasks, SIGKILL a worker process after ``progress`` runs; the ids
+    pushed and the ids it held when it died (claimed or running)."""
+    ids = asyncio.run(fill(db, count))
+    proc = spawn(db, "doomed", runs, "--delay", "0.002", "--progress", str(progress))
     try:
         expect(proc, "ready")
         go(proc)
@@ -82,8 +90,30 @@ def test_a_crashed_worker_loses_nothing(tmp_path: Path) -> None:
     finally:
         finish(proc)
     in_flight = held_by_the_dead(db)
-    ran_before = run_counts(runs)
-    assert 300 <= sum(ran_before.values()) < 2000
+    assert in_flight, "the dead worker should have held tasks"
+    assert progress <= sum(run_counts(runs).values()) < count
+    return ids, in_flight
+
+
+def finished_once(db: Path, runs: Path, ids: list[str], in_flight: set[str]) -> None:
+    """Every task is Done; only tasks in flight at the kill ran twice, none more."""
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT status, count(*) FROM tasks GROUP BY status").fetchall()
+    assert rows == [("Done", len(ids))]
+    counts = run_counts(runs)
+    assert set(counts) == set(ids)
+    assert {task_id for task_id, n in counts.items() if n > 1} <= in_flight
+    assert all(n <= 2 for n in counts.values())
+
+
+def done_count(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT count(*) FROM tasks WHERE status = 'Done'").fetchone()[0])
+
+
+def test_a_crashed_worker_loses_nothing(tmp_path: Path) -> None:
+    db, runs = tmp_path / "tasks.db", tmp_path / "runs.txt"
+    ids, in_flight = kill_mid_run(db, runs, 2000, 300)
 
     async def survive() -> tuple[int, dict[Status, int]]:
         # The heir's clock is past the dead worker's 60 s lease.
@@ -105,11 +135,7 @@ def test_a_crashed_worker_loses_nothing(tmp_path: Path) -> None:
     reclaimed, stats = asyncio.run(survive())
     assert reclaimed == len(in_flight) > 0
     assert stats[Status.DONE] == 2000
-    counts = run_counts(runs)
-    assert set(counts) == set(ids)
-    twice = {task_id for task_id, n in counts.items() if n > 1}
-    assert twice <= in_flight  # only tasks in flight at the kill ran again
-    assert all(n <= 2 for n in counts.values())
+    finished_once(db, runs, ids, in_flight)
 
 
 def test_two_processes_run_each_task_once(tmp_path: Path) -> None:
@@ -152,3 +178,105 @@ def test_a_forgotten_backend_does_not_block_exit(tmp_path: Path) -> None:
     assert done.returncode == 0
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM tasks").fetchone() == (1,)
+
+
+def test_run_until_idle_takes_over_a_killed_workers_tasks(tmp_path: Path) -> None:
+    """No explicit reclaim: run_until_idle takes back expired leases before deciding
+    it is idle, so the dead worker's tasks run instead of being left Queued."""
+    db, runs = tmp_path / "tasks.db", tmp_path / "runs.txt"
+    ids, in_flight = kill_mid_run(db, runs, 1000, 100)
+    left = len(ids) - done_count(db)
+
+    async def heir() -> int:
+        # A short lease, and a clock past it: the dead worker's lease has expired.
+        clock = ManualClock(time.time() + 2)
+        records = os.open(runs, os.O_WRONLY | os.O_APPEND)
+
+        async def handler(job: int, ctx: TaskContext) -> None:
+            os.write(records, f"{ctx.task_id}\n".encode())
+
+        try:
+            async with SqliteBackend(db, clock=clock, lease_timeout=1.0) as backend:
+                worker = WorkerBuilder("heir").backend(backend).concurrency(8).build(handler)
+                return (await worker.run_until_idle()).done
+        finally:
+            os.close(records)
+
+    assert asyncio.run(heir()) == left
+    finished_once(db, runs, ids, in_flight)
+
+
+def test_cli_burst_takes_over_a_killed_workers_tasks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db, runs = tmp_path / "tasks.db", tmp_path / "runs.txt"
+    ids, in_flight = kill_mid_run(db, runs, 1000, 100)
+    left = len(ids) - done_count(db)
+    with sqlite3.connect(db) as conn:  # the worker died two minutes ago (lease: 60 s)
+        conn.execute("UPDATE workers SET last_seen = last_seen - 120")
+        conn.execute("UPDATE tasks SET lock_at = lock_at - 120 WHERE lock_by IS NOT NULL")
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv(RUNS_ENV, str(runs))
+    capsys.readouterr()
+    handler = "tests.sqlite_worker_proc:record_run"
+    code = cli_main(["worker", f"sqlite:///{db}", handler, "--burst", "--concurrency", "8"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert out.out.startswith(f"done {left}, retried 0, killed 0")
+    finished_once(db, runs, ids, in_flight)
+
+
+PUSHER = """\
+import asyncio, sys
+from rxqueue.backends.sqlite import SqliteBackend
+
+async def main():
+    async with SqliteBackend(sys.argv[1]) as backend:
+        print(await backend.push("from afar"), flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_push_from_another_process_wakes_an_idle_worker_at_once(tmp_path: Path) -> None:
+    db = tmp_path / "tasks.db"
+    loop = asyncio.get_running_loop()
+    idle = asyncio.Event()
+    succeeded: dict[str, float] = {}
+    handled = asyncio.Event()
+
+    def on_event(event: events.Event) -> None:
+        if isinstance(event, events.Idle):
+            idle.set()
+        elif isinstance(event, events.Succeeded):
+            succeeded[event.task_id] = loop.time()
+            handled.set()
+
+    async def handler(job: str) -> str:
+        return job
+
+    # It polls every 5 s: within 1 s of the push, only the doorbell can wake it.
+    async with SqliteBackend(db, poll_interval=5, max_poll_interval=5) as backend:
+        worker = WorkerBuilder("near").backend(backend).build(handler)
+        worker.events.subscribe(on_next=on_event)
+        run = asyncio.create_task(worker.run(handle_signals=False))
+        try:
+            await asyncio.wait_for(idle.wait(), 10)
+            await asyncio.sleep(1.1)  # idle for over a second, waiting on its doorbell
+            pusher = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", PUSHER, str(db), stdout=subprocess.PIPE, env=child_env()
+            )
+            assert pusher.stdout is not None
+            line = await asyncio.wait_for(pusher.stdout.readline(), 30)
+            pushed_at = loop.time()
+            task_id = line.decode().strip()
+            assert task_id, "the pushing process printed no task id"
+            await asyncio.wait_for(handled.wait(), 1.0)
+            assert list(succeeded) == [task_id]
+            assert succeeded[task_id] - pushed_at < 1.0
+            assert await asyncio.wait_for(pusher.wait(), 30) == 0
+        finally:
+            worker.stop()
+            await run
+        done = await backend.get(task_id)
+        assert done and done.status is Status.DONE and done.result == "from afar"

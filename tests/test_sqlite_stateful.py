@@ -20,12 +20,14 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from rxqueue import ManualClock, Status, Task, WorkerContext
+from rxqueue import ManualClock, Status, Task
+from rxqueue.acks import AckBatch
 from rxqueue.backends.sqlite import SqliteBackend
 from rxqueue.task import ACTIVE, READY, TERMINAL, Done, Killed, Retry, Started, Update
 
 LEASE = 30.0
 WORKERS = ("w1", "w2")
+OUTCOMES = ("started", "done", "retry", "killed")  # the order a batch applies them in
 T = TypeVar("T")
 
 
@@ -53,7 +55,7 @@ class SqliteMachine(RuleBasedStateMachine):
         self.seen: dict[str, float] = {}  # worker -> last heartbeat
         self.claimed: dict[str, list[Task[Any]]] = {name: [] for name in WORKERS}
         for name in WORKERS:
-            self.run(self.backend.register_worker(self.ctx(name)))
+            self.run(self.backend.register_worker(name))
             self.seen[name] = self.clock()
 
     def teardown(self) -> None:
@@ -65,9 +67,6 @@ class SqliteMachine(RuleBasedStateMachine):
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)
-
-    def ctx(self, name: str) -> WorkerContext:
-        return WorkerContext(name, concurrency=1, prefetch=10, clock=self.clock)
 
     def held(self, worker: str) -> list[Task[Any]]:
         return [
@@ -109,41 +108,57 @@ class SqliteMachine(RuleBasedStateMachine):
         self.claimed[worker].extend(got)
 
     @precondition(lambda self: any(self.claimed.values()))
-    @rule(
-        data=st.data(),
-        outcome=st.sampled_from(["started", "done", "retry", "killed"]),
-        delay=st.sampled_from([0.0, 10.0]),
-    )
-    def report(self, data: st.DataObject, outcome: str, delay: float) -> None:
+    @rule(data=st.data(), delay=st.sampled_from([0.0, 10.0]))
+    def report(self, data: st.DataObject, delay: float) -> None:
+        """One worker's ack batch: distinct tasks, mixed kinds, some maybe no longer held."""
         worker = data.draw(st.sampled_from([w for w in WORKERS if self.claimed[w]]))
-        task = data.draw(st.sampled_from(self.claimed[worker]))  # maybe no longer held
-        update: Update
+        candidates = list({task.id: task for task in self.claimed[worker]}.values())
+        tasks = data.draw(
+            st.lists(st.sampled_from(candidates), min_size=1, max_size=4, unique_by=lambda t: t.id)
+        )
+        kinds = data.draw(
+            st.lists(st.sampled_from(OUTCOMES), min_size=len(tasks), max_size=len(tasks))
+        )
         now = self.clock()
-        if outcome == "started":
-            update = Started(now)
-        elif outcome == "done":
-            update = Done(outcome)
-        elif outcome == "retry":
-            update = Retry(now + delay, "try again")
-        else:
-            update = Killed("give up")
-        self.run(self.backend.report([(task, update)], self.ctx(worker)))
-        model = self.tasks[task.id]
-        if model.lock_by != worker or model.status not in ACTIVE:
-            return  # the lease was lost: ignored
-        if outcome == "started":
-            model.status = Status.RUNNING
-            return
-        model.attempts += 1
-        self.unlock(model)
-        if outcome == "retry":
-            model.status, model.run_at = Status.FAILED, now + delay
-        else:
-            model.status = Status.DONE if outcome == "done" else Status.KILLED
+        updates: list[tuple[Task[Any], Update]] = []
+        for task, kind in zip(tasks, kinds, strict=True):
+            update: Update
+            if kind == "started":
+                update = Started(now)
+            elif kind == "done":
+                update = Done(kind.encode())  # the worker sends results encoded
+            elif kind == "retry":
+                update = Retry(now + delay, "try again")
+            else:
+                update = Killed("give up")
+            updates.append((task, update))
+        refused = self.run(self.backend.report(AckBatch.of(worker, updates)))
+        # Refused: exactly the tasks whose lease was lost, in apply order (kind, then batch).
+        expected = [
+            task.id
+            for kind in OUTCOMES
+            for task, each in zip(tasks, kinds, strict=True)
+            if each == kind
+            and (self.tasks[task.id].lock_by != worker or self.tasks[task.id].status not in ACTIVE)
+        ]
+        assert list(refused) == expected
+        for task, kind in zip(tasks, kinds, strict=True):
+            model = self.tasks[task.id]
+            if task.id in expected:
+                continue  # nothing changes
+            if kind == "started":
+                model.status = Status.RUNNING
+                continue
+            model.attempts += 1
+            self.unlock(model)
+            if kind == "retry":
+                model.status, model.run_at = Status.FAILED, now + delay
+            else:
+                model.status = Status.DONE if kind == "done" else Status.KILLED
 
     @rule(worker=st.sampled_from(WORKERS))
     def release(self, worker: str) -> None:
-        self.run(self.backend.release(self.claimed[worker], self.ctx(worker)))
+        self.run(self.backend.release(self.claimed[worker], worker))
         for task in self.claimed[worker]:
             model = self.tasks[task.id]
             if model.lock_by == worker and model.status is Status.QUEUED:
@@ -158,7 +173,7 @@ class SqliteMachine(RuleBasedStateMachine):
 
     @rule(worker=st.sampled_from(WORKERS))
     def heartbeat(self, worker: str) -> None:
-        self.run(self.backend.heartbeat(self.ctx(worker)))
+        self.run(self.backend.heartbeat(worker))
         self.seen[worker] = self.clock()
 
     @rule()
