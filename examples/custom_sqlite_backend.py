@@ -10,8 +10,10 @@ missing), and a worker running ``send_email``. Run it:
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +28,13 @@ from rxqueue import (
     CustomBackend,
     Demand,
     Done,
-    Outcome,
     Retry,
+    Started,
     Status,
     Task,
     TaskContext,
     TaskId,
+    Update,
     WorkerBuilder,
 )
 
@@ -40,14 +43,20 @@ CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY,
     queue TEXT NOT NULL,
     args BLOB NOT NULL,
-    status TEXT NOT NULL DEFAULT 'pending',
+    status TEXT NOT NULL DEFAULT 'Pending',  -- rxqueue's Status names
     attempts INTEGER NOT NULL DEFAULT 0,
     max_attempts INTEGER NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
     run_at REAL NOT NULL,
     created_at REAL NOT NULL,
-    last_error TEXT
+    lock_by TEXT,  -- the worker that claimed it
+    done_at REAL,
+    last_error TEXT,
+    result BLOB,
+    metadata TEXT
 );
-CREATE INDEX IF NOT EXISTS tasks_pending ON tasks (created_at) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS tasks_due ON tasks (priority DESC, run_at, id)
+    WHERE status IN ('Pending', 'Failed');
 """
 
 
@@ -72,9 +81,10 @@ async def send_email(job: EmailJob, ctx: TaskContext) -> None:
 
 # --- Rows <-> tasks ---------------------------------------------------------------------
 
-_STATUSES = {"pending": Status.PENDING, "processing": Status.QUEUED, "done": Status.DONE,
-             "killed": Status.KILLED}  # fmt: skip
-_COLUMNS = "id, queue, args, status, attempts, max_attempts, run_at, created_at, last_error"
+_COLUMNS = (
+    "id, queue, args, status, attempts, max_attempts, priority, run_at, created_at, "
+    "lock_by, done_at, last_error, result, metadata"
+)
 
 
 def _task(row: Sequence[Any]) -> Task[Any]:
@@ -82,31 +92,36 @@ def _task(row: Sequence[Any]) -> Task[Any]:
         id=row[0],
         queue=row[1],
         args=row[2],  # still encoded: the worker decodes it
-        status=_STATUSES.get(row[3], Status.PENDING),
+        status=Status(row[3]),
         attempts=row[4],
         max_attempts=row[5],
-        run_at=row[6],
-        created_at=row[7],
-        last_error=row[8],
+        priority=row[6],
+        run_at=row[7],
+        created_at=row[8],
+        lock_by=row[9],
+        done_at=row[10],
+        last_error=row[11],
+        result=row[12],  # encoded too: backend.get() decodes it
+        metadata=json.loads(row[13]) if row[13] else {},
     )
 
 
-# --- Database query: claim the oldest due tasks --------------------------------------------
+# --- Database query: claim the due tasks, highest priority first --------------------------
 
 
 async def fetch_pending_tasks(
-    db: aiosqlite.Connection, config: Config, limit: int, now: float
+    db: aiosqlite.Connection, config: Config, worker: str, limit: int, now: float
 ) -> list[Task[Any]]:
     async with config.lock:
         rows = await db.execute_fetchall(
-            "UPDATE tasks SET status = 'processing' WHERE id IN ("
-            "  SELECT id FROM tasks WHERE status = 'pending' AND run_at <= ?"
-            "  ORDER BY created_at, id LIMIT ?)"
+            "UPDATE tasks SET status = 'Queued', lock_by = ? WHERE id IN ("
+            "  SELECT id FROM tasks WHERE status IN ('Pending', 'Failed') AND run_at <= ?"
+            "  ORDER BY priority DESC, run_at, id LIMIT ?)"
             f" RETURNING {_COLUMNS}",
-            (now, limit),
+            (worker, now, limit),
         )
         await db.commit()
-    return sorted((_task(row) for row in rows), key=lambda task: (task.created_at, task.id))
+    return sorted((_task(row) for row in rows), key=lambda t: (-t.priority, t.run_at, t.id))
 
 
 # --- Fetcher: rxqueue's claim loop, sized by the worker's demand -------------------------
@@ -114,7 +129,7 @@ async def fetch_pending_tasks(
 
 def create_fetcher(db: aiosqlite.Connection, config: Config, worker: Demand) -> Any:
     async def fetch_many(limit: int) -> list[Task[Any]]:
-        return await fetch_pending_tasks(db, config, limit, worker.clock())
+        return await fetch_pending_tasks(db, config, worker.name, limit, worker.clock())
 
     # Claims at most what the worker can take, keeps the ledger (nothing claimed is
     # stranded when the worker stops), and waits poll_interval while nothing is due.
@@ -134,10 +149,11 @@ def create_sink(db: aiosqlite.Connection, config: Config) -> Any:
     async def save_task(task: Task[Any]) -> None:
         async with config.lock:
             await db.execute(
-                "INSERT INTO tasks (id, queue, args, max_attempts, run_at, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (task.id, task.queue, task.args, task.max_attempts, task.run_at, task.created_at),
-            )
+                "INSERT INTO tasks (id, queue, args, max_attempts, priority, run_at,"
+                " created_at, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (task.id, task.queue, task.args, task.max_attempts, task.priority,
+                 task.run_at, task.created_at, json.dumps(dict(task.metadata))),
+            )  # fmt: skip
             await db.commit()
 
     return save_task
@@ -146,28 +162,36 @@ def create_sink(db: aiosqlite.Connection, config: Config) -> Any:
 # --- Task status updates ------------------------------------------------------------------
 
 
-async def ack(db: aiosqlite.Connection, config: Config, task: Task[Any], outcome: Outcome) -> bool:
-    if isinstance(outcome, Done):
-        status, run_at, error = "done", task.run_at, None
+async def ack(db: aiosqlite.Connection, config: Config, task: Task[Any], outcome: Update) -> bool:
+    """Record one update while the task is still ours; False if it no longer was."""
+    if isinstance(outcome, Started):
+        change, values = "status = 'Running'", ()
+    elif isinstance(outcome, Done):
+        change = "status = 'Done', lock_by = NULL, result = ?, done_at = ?"
+        values: tuple[Any, ...] = (outcome.result, time.time())
     elif isinstance(outcome, Retry):
-        status, run_at, error = "pending", outcome.at, outcome.error
+        change = "status = 'Failed', lock_by = NULL, run_at = ?, last_error = ?"
+        values = (outcome.at, outcome.error)
     else:
-        status, run_at, error = "killed", task.run_at, outcome.error
+        change = "status = 'Killed', lock_by = NULL, last_error = ?, done_at = ?"
+        values = (outcome.error, time.time())
+    started = isinstance(outcome, Started)
     async with config.lock:
         cursor = await db.execute(
-            "UPDATE tasks SET status = ?, run_at = ?, last_error = ?, attempts = attempts + 1"
-            " WHERE id = ? AND status = 'processing'",
-            (status, run_at, error, task.id),
+            f"UPDATE tasks SET {change}{'' if started else ', attempts = attempts + 1'}"
+            " WHERE id = ? AND lock_by = ? AND status IN ('Queued', 'Running')",
+            (*values, task.id, task.lock_by),
         )
         await db.commit()
-    return cursor.rowcount == 1  # False: no longer ours (it was released or killed)
+    return cursor.rowcount == 1
 
 
 async def release(db: aiosqlite.Connection, config: Config, tasks: Any) -> None:
     async with config.lock:
         await db.executemany(
-            "UPDATE tasks SET status = 'pending' WHERE id = ? AND status = 'processing'",
-            [(task.id,) for task in tasks],
+            "UPDATE tasks SET status = 'Pending', lock_by = NULL"
+            " WHERE id = ? AND lock_by = ? AND status = 'Queued'",
+            [(task.id, task.lock_by) for task in tasks],
         )
         await db.commit()
 
@@ -193,7 +217,7 @@ async def open_backend(path: Path | str, config: Config | None = None) -> Custom
         .ack(ack)
         .release(release)
         .getter(get)
-        .declare(Capability.DELAY, Capability.RETRY)  # the claim honours run_at
+        .declare(Capability.DELAY, Capability.PRIORITY, Capability.RETRY)
         .build()
     )
 

@@ -42,9 +42,11 @@ from rxqueue.task import (
     Outcome,
     PushOptions,
     Retry,
+    Started,
     Status,
     Task,
     TaskId,
+    Update,
 )
 from rxqueue.worker import events, layers
 from rxqueue.worker.builder import WorkerBuilder
@@ -92,6 +94,7 @@ __all__ = [
     "RunSummary",
     "RxQueueError",
     "SchemaError",
+    "Started",
     "Status",
     "Task",
     "TaskContext",
@@ -99,6 +102,7 @@ __all__ = [
     "TaskId",
     "TaskNotFound",
     "UnsupportedOperation",
+    "Update",
     "Wakeup",
     "Worker",
     "WorkerBuilder",

@@ -1,4 +1,8 @@
-"""Shared fixtures: one backend factory per backend, for the conformance suite."""
+"""Shared fixtures: one registry of backend factories, for the conformance suite.
+
+A new backend is one ``@backend_factory("name")`` entry here: every test that
+takes the ``kit`` fixture then runs on it too.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,18 @@ from rxqueue import Backend, Capability, Clock, MemoryBackend
 from rxqueue.clock import system_clock
 
 FAST_POLL = {"poll_interval": 0.002, "max_poll_interval": 0.01}
-BACKENDS = ["memory", "sqlite", "custom"]
+
+# name -> async factory(kit, clock=..., queue=..., **options) -> Backend
+Factory = Callable[..., Awaitable[Backend]]
+FACTORIES: dict[str, Factory] = {}
+
+
+def backend_factory(name: str) -> Callable[[Factory], Factory]:
+    def register(factory: Factory) -> Factory:
+        FACTORIES[name] = factory
+        return factory
+
+    return register
 
 
 @dataclass
@@ -24,36 +39,97 @@ class BackendKit:
     name: str
     folder: Path
     created: list[Backend] = field(default_factory=list)
+    cleanups: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
     _serial: itertools.count[int] = field(default_factory=itertools.count)
+
+    def serial(self) -> int:
+        return next(self._serial)
 
     async def make(
         self, *, clock: Clock | None = None, queue: str = "default", **options: Any
     ) -> Backend:
-        clock = clock or system_clock
-        if self.name == "memory":
-            backend: Backend = MemoryBackend(queue=queue, clock=clock, **FAST_POLL, **options)
-        elif self.name == "sqlite":
-            from rxqueue.backends.sqlite import SqliteBackend
-
-            path = self.folder / f"tasks-{next(self._serial)}.db"
-            backend = SqliteBackend(path, queue=queue, clock=clock, **FAST_POLL, **options)
-        else:
-            from examples.custom_sqlite_backend import Config, open_backend
-
-            path = self.folder / f"custom-{next(self._serial)}.db"
-            backend = await open_backend(path, Config(batch_size=10, poll_interval=0.002))
+        backend = await FACTORIES[self.name](
+            self, clock=clock or system_clock, queue=queue, **options
+        )
         self.created.append(backend)
         return backend
 
     async def close(self) -> None:
         for backend in self.created:
             await backend.close()
-            db = getattr(backend, "db", None)
-            if db is not None:
-                await db.close()
+        for cleanup in reversed(self.cleanups):
+            await cleanup()
 
 
-@pytest.fixture(params=BACKENDS)
+@backend_factory("memory")
+async def _memory(kit: BackendKit, *, clock: Clock, queue: str, **options: Any) -> Backend:
+    return MemoryBackend(queue=queue, clock=clock, **FAST_POLL, **options)
+
+
+@backend_factory("sqlite")
+async def _sqlite(kit: BackendKit, *, clock: Clock, queue: str, **options: Any) -> Backend:
+    from rxqueue.backends.sqlite import SqliteBackend
+
+    path = kit.folder / f"tasks-{kit.serial()}.db"
+    return SqliteBackend(path, queue=queue, clock=clock, **FAST_POLL, **options)
+
+
+@backend_factory("custom")
+async def _custom(kit: BackendKit, *, clock: Clock, queue: str, **options: Any) -> Backend:
+    from examples.custom_sqlite_backend import Config, open_backend
+
+    path = kit.folder / f"custom-{kit.serial()}.db"
+    backend = await open_backend(path, Config(batch_size=10, poll_interval=0.002))
+    backend.clock = clock
+    kit.cleanups.append(backend.db.close)
+    return backend
+
+
+@backend_factory("postgres")
+async def _postgres(kit: BackendKit, *, clock: Clock, queue: str, **options: Any) -> Backend:
+    """A PostgresBackend in a schema of its own (``t_<hex>``), dropped after the test.
+
+    The server (``RXQUEUE_POSTGRES_URL``, default the local test database) is
+    checked once per session: unreachable, the test is skipped, or fails under CI.
+    """
+    import os
+    import uuid
+
+    url = os.environ.get("RXQUEUE_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    cache: dict[str, str] = _postgres.__dict__.setdefault("unreachable", {})
+    if url not in cache:
+        try:
+            import asyncpg
+
+            conn = await asyncpg.connect(url, timeout=5)
+            await conn.close()
+            cache[url] = ""
+        except Exception as exc:
+            cache[url] = f"{type(exc).__name__}: {exc}"
+    if cache[url]:
+        reason = f"PostgreSQL not reachable at 127.0.0.1:5432: {cache[url]}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    import asyncpg
+
+    from rxqueue.backends.postgres import PostgresBackend
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+
+    async def drop_schema() -> None:
+        conn = await asyncpg.connect(url, timeout=10)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+    kit.cleanups.append(drop_schema)
+    options = {**FAST_POLL, "pool_max_size": 4, **options}
+    return PostgresBackend(url, schema=schema, queue=queue, clock=clock, **options)
+
+
+@pytest.fixture(params=list(FACTORIES))
 async def kit(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BackendKit]:
     made = BackendKit(request.param, tmp_path)
     yield made

@@ -1,6 +1,6 @@
 """One behaviour, every backend: the contract the memory backend defines.
 
-Each test runs on every backend in ``conftest.BACKENDS``; a backend that does
+Each test runs on every backend in ``conftest.FACTORIES``; a backend that does
 not declare a capability is skipped with the reason, never silently passed.
 """
 
@@ -28,8 +28,8 @@ from rxqueue import (
     WorkerError,
     layers,
 )
+from rxqueue.acks import AckBatch
 from rxqueue.backoff import constant
-from rxqueue.task import Started
 from rxqueue.worker.context import WorkerContext
 from tests.conftest import BackendKit, require
 
@@ -42,8 +42,12 @@ class Job:
 
 
 async def run_idle(builder: WorkerBuilder, handler: Any) -> Any:
+    return await run_idle_worker(builder.build(handler))
+
+
+async def run_idle_worker(worker: Any) -> Any:
     async with asyncio.timeout(RUN_LIMIT):
-        return await builder.build(handler).run_until_idle()
+        return await worker.run_until_idle()
 
 
 # --- sink and inspection ---------------------------------------------------------------
@@ -382,7 +386,7 @@ async def test_tasks_of_a_dead_worker_are_reclaimed(kit: BackendKit) -> None:
     ids = await backend.push_many([Job(n) for n in range(3)])
     # A worker claims the tasks, then dies: it never acks and never heartbeats again.
     dead = WorkerContext("dead", concurrency=1, prefetch=3, clock=clock)
-    await backend.register_worker(dead)
+    await backend.register_worker(dead.name)
     claimed: list[Any] = []
     got_all = asyncio.Event()
 
@@ -418,16 +422,19 @@ async def test_tasks_of_a_dead_worker_are_reclaimed(kit: BackendKit) -> None:
 async def test_a_live_worker_name_is_not_reused(kit: BackendKit) -> None:
     backend = await kit.make()
     require(backend, Capability.LEASES)
-    first = WorkerContext("twin", concurrency=1, prefetch=1, clock=backend.clock)
-    await backend.register_worker(first)
+    await backend.register_worker("twin")
     with pytest.raises(WorkerError, match="twin"):
-        await backend.register_worker(
-            WorkerContext("twin", concurrency=1, prefetch=1, clock=backend.clock)
-        )
-    await backend.unregister_worker(first)
-    await backend.register_worker(
-        WorkerContext("twin", concurrency=1, prefetch=1, clock=backend.clock)
-    )
+        await backend.register_worker("twin")
+    refused = WorkerBuilder("twin").backend(backend).build(lambda job: None)
+    with pytest.raises(WorkerError, match="twin"):
+        await refused.run_until_idle()
+    assert not refused.is_running
+    await backend.unregister_worker("twin")
+    await backend.register_worker("twin")
+    await backend.unregister_worker("twin")
+    # A worker refused at start can run once the name is free.
+    summary = await run_idle_worker(refused)
+    assert summary.done == 0
 
 
 @settings(
@@ -474,10 +481,11 @@ async def test_a_running_task_shows_as_running_in_the_store(kit: BackendKit) -> 
     started, proceed, marked = asyncio.Event(), asyncio.Event(), asyncio.Event()
     report = backend.report
 
-    async def spying_report(updates: Any, ctx: WorkerContext) -> None:
-        await report(updates, ctx)
-        if any(isinstance(update, Started) for _, update in updates):
+    async def spying_report(batch: AckBatch) -> Any:
+        refused = await report(batch)
+        if batch.started:
             marked.set()
+        return refused
 
     backend.report = spying_report  # type: ignore[method-assign]
 

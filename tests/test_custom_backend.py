@@ -72,7 +72,7 @@ async def test_observable_fetcher_observer_sink_and_acker_share_db_and_config() 
 
     summary = await WorkerBuilder("w").backend(backend).build(handle).run(handle_signals=False)
     assert handled == [1, 2] and summary.done == 2
-    assert db["acks"] == [(first, Done(1)), (second, Done(2))]
+    assert db["acks"] == [(first, Done(b"1")), (second, Done(b"2"))]  # results encoded
     assert seen_config == [config]
 
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import uuid
 from dataclasses import FrozenInstanceError
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rxqueue import ManualClock, PushOptions, Status, Task
+from rxqueue import InvalidOption, ManualClock, PushOptions, Status, Task
 from rxqueue.backoff import Exponential, constant
 from rxqueue.task import ACTIVE, READY, TERMINAL, new_task_id
 
@@ -68,8 +70,51 @@ def test_push_options_schedule_and_validate() -> None:
         PushOptions(delay=1, run_at=5.0)
     with pytest.raises(ValueError, match="delay must be >= 0"):
         PushOptions(delay=-1)
-    with pytest.raises(ValueError, match="max_attempts must be >= 1"):
+    with pytest.raises(InvalidOption, match="max_attempts must be between 1 and"):
         PushOptions(max_attempts=0)
+
+
+_NOT_NUMBERS = st.one_of(
+    st.text(max_size=3), st.booleans(), st.none(), st.lists(st.integers(), max_size=1)
+)
+_NON_FINITE = st.sampled_from([math.nan, math.inf, -math.inf])
+BAD_OPTIONS = st.one_of(
+    st.fixed_dictionaries({"delay": st.one_of(_NON_FINITE, st.floats(max_value=-1e-9),
+                                             st.text(min_size=1, max_size=3), st.booleans())}),
+    st.fixed_dictionaries({"run_at": st.one_of(_NON_FINITE, st.text(min_size=1, max_size=3),
+                                              st.booleans())}),
+    st.fixed_dictionaries({"priority": st.one_of(_NOT_NUMBERS, st.floats(), _NON_FINITE,
+                                                st.integers(min_value=2**31))}),
+    st.fixed_dictionaries({"max_attempts": st.one_of(st.integers(max_value=0), st.floats(),
+                                                    st.text(min_size=1, max_size=3),
+                                                    st.booleans())}),
+    st.fixed_dictionaries({"metadata": st.one_of(
+        st.lists(st.integers(), max_size=2),
+        st.dictionaries(st.integers(), st.integers(), min_size=1, max_size=2),
+        st.fixed_dictionaries({"x": _NON_FINITE}),
+        st.fixed_dictionaries({"x": st.just(object())}),
+    )}),
+    st.fixed_dictionaries({"task_id": st.one_of(st.just(""), st.integers(), st.text(min_size=256,
+                                                                                   max_size=300))}),
+)  # fmt: skip
+
+
+@given(options=BAD_OPTIONS)
+def test_bad_options_are_refused_naming_the_option(options: dict[str, Any]) -> None:
+    [name] = options
+    with pytest.raises(InvalidOption, match=name):
+        PushOptions(**options)
+
+
+@given(
+    delay=st.floats(0, 1e9),
+    priority=st.integers(-(2**31), 2**31 - 1),
+    max_attempts=st.integers(1, 2**31 - 1),
+)
+def test_good_options_are_kept(delay: float, priority: int, max_attempts: int) -> None:
+    options = PushOptions(delay=delay, priority=priority, max_attempts=max_attempts)
+    task = options.build("x", queue="q", now=0.0, max_attempts=3)
+    assert (task.run_at, task.priority, task.max_attempts) == (delay, priority, max_attempts)
 
 
 @given(attempt=st.integers(1, 60), seed=st.integers())

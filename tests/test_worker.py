@@ -64,7 +64,7 @@ def test_builder_names_what_is_missing_or_wrong() -> None:
         from rxqueue import BackendBuilder
 
         BackendBuilder().fetcher("not callable")  # type: ignore[arg-type]
-    with pytest.raises(BuildError, match="takes no arguments"):
+    with pytest.raises(BuildError, match=r"cannot be called as handler\(payload\)"):
         WorkerBuilder("w").backend(memory()).build(lambda: None)
     with pytest.raises(BuildError, match="takes an rxqueue Backend"):
         WorkerBuilder("w").backend(object())  # type: ignore[arg-type]

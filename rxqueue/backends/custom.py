@@ -36,14 +36,22 @@ from rxqueue.codec import DEFAULT_CODEC, Codec
 from rxqueue.demand import Demand
 from rxqueue.errors import BackendError, BuildError, WorkerError
 from rxqueue.streams import from_async_iterable
-from rxqueue.task import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, Done, Outcome, Task, TaskId
+from rxqueue.task import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_QUEUE,
+    Done,
+    Started,
+    Task,
+    TaskId,
+    Update,
+)
 
 Db = TypeVar("Db")
 Cfg = TypeVar("Cfg")
 
 FetcherFactory = Callable[[Any, Any, Demand], Any]
 SinkFactory = Callable[[Any, Any], Any]
-AckFn = Callable[[Any, Any, Task[Any], Outcome], Awaitable[Any] | Any]
+AckFn = Callable[[Any, Any, Task[Any], Update], Awaitable[Any] | Any]
 ReleaseFn = Callable[[Any, Any, Sequence[Task[Any]]], Awaitable[None] | None]
 GetFn = Callable[[Any, Any, TaskId], Awaitable[Task[Any] | None] | Task[Any] | None]
 
@@ -94,10 +102,11 @@ class BackendBuilder(Generic[Db, Cfg]):
         return self
 
     def ack(self, ack: AckFn) -> Self:
-        """``ack(db, config, task, outcome)`` records Done / Retry / Killed.
+        """``ack(db, config, task, update)`` records ``Started`` (the handler is
+        running; optional to record), ``Done``, ``Retry`` or ``Killed``.
 
         Return ``False`` when the task was no longer this worker's (its lease
-        was lost): the worker reports the late outcome as dropped.
+        was lost, it was killed): the worker reports the late update as dropped.
         """
         self._ack = _callable("ack", ack)
         return self
@@ -257,12 +266,12 @@ class CustomBackend(Backend):
         if self._ack is None:
             return []
         refused: list[TaskId] = []
-        outcomes: list[tuple[Task[Any], Outcome]] = [
-            (task, Done(result)) for task, result in batch.done
-        ]
-        outcomes += batch.retried
-        outcomes += batch.killed
-        for task, outcome in outcomes:
+        now = self.clock()
+        updates: list[tuple[Task[Any], Update]] = [(task, Started(now)) for task in batch.started]
+        updates += [(task, Done(result)) for task, result in batch.done]
+        updates += batch.retried
+        updates += batch.killed
+        for task, outcome in updates:
             answer = self._ack(self.db, self.config, task, outcome)
             if inspect.isawaitable(answer):
                 answer = await answer

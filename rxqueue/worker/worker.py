@@ -650,12 +650,14 @@ class _Run:
             if self.closing and not (self.updates or self.started or self.to_release):
                 return
 
-    async def _flush(self) -> None:
+    async def _flush(self) -> int:
+        """Write what is pending; returns how many updates and releases were sent."""
         async with self.flush_lock:
             self.flush_now.clear()
             if self.flush_timer is not None:
                 self.flush_timer.cancel()
                 self.flush_timer = None
+            sent = len(self.to_release)
             if self.to_release:
                 await self._release()
             updates = self.updates
@@ -664,12 +666,13 @@ class _Run:
                 updates = [(task, Started(at)) for task, at in self.started.values()] + updates
                 self.started.clear()
             if not updates:
-                return
+                return sent
             self.updates = []
             batch = AckBatch.of(self.worker.name, updates)
             refused = await self._apply(batch)
             if refused is not None:
                 self._count(batch, refused)
+            return sent + len(updates)
 
     async def _apply(self, batch: AckBatch) -> Sequence[TaskId] | None:
         """Report the batch; retry only transient errors. None: it was not recorded."""
@@ -737,7 +740,11 @@ class _Run:
 
     async def _check_idle(self) -> None:
         try:
-            await self._flush()
+            if await self._flush():
+                # What was just written (a retry due now, a release) may be claimable:
+                # only an empty claim after it says the queue is idle.
+                self.idle_marker = False
+                return
             if self.buffer or self.in_flight or self.ctx.in_transit or not self.idle_marker:
                 return
             backend = self.worker.backend

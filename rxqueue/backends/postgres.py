@@ -1,0 +1,1128 @@
+"""PostgreSQL backend: many workers on many machines, on a server you already run.
+
+``rxqueue.connect("postgresql://user@host:5432/db", queue="emails", schema="rxqueue")``,
+or ``PostgresBackend(dsn, queue="emails")``. Needs ``pip install 'rxqueue[postgres]'``
+(asyncpg).
+
+**Schema.** rxqueue's tables live in one PostgreSQL schema (``schema=``,
+default ``rxqueue``), created and migrated on open under an advisory lock;
+:func:`schema_sql` gives the DDL for those who apply it themselves.
+
+**Claiming.** One statement, ``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE
+SKIP LOCKED) RETURNING ...``, sized by the worker's free capacity, over a
+partial index on ready tasks: workers on any number of hosts never claim the
+same task, and never wait for each other's locks.
+
+**Wake-up.** A push runs ``pg_notify`` inside its own transaction (a rolled
+back push wakes nobody); every backend keeps one dedicated LISTEN connection
+per queue and event loop, opened by its first idle fetcher, which reconnects
+and listens again after it is lost. An adaptive poll is the fallback for
+delayed tasks and lost notifications. ``wait_for`` is woken by a NOTIFY that
+acks send only for tasks someone waits for (see ``waiters`` in the schema).
+
+**Transactional push.** ``await backend.push(payload, connection=conn)`` with
+your own asyncpg connection stores the task inside your transaction: it
+exists if and only if your transaction commits.
+
+**Guarantees.** At-least-once, as on SQLite: a task runs once unless its
+worker dies (or loses the server for longer than ``lease_timeout``), in which
+case another worker runs it again once the lease expires. Lease times come
+from the backend's clock (``time.time()`` by default): keep worker hosts'
+clocks in sync (NTP), as for any lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import re
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from typing import Any, Final
+from urllib.parse import unquote, urlsplit
+
+import asyncpg
+import orjson
+from reactivex import Observable
+
+from rxqueue.acks import AckBatch
+from rxqueue.backends import _postgres_schema as schema_module
+from rxqueue.backends._postgres_schema import SCHEMA_VERSION, check_schema, schema_sql
+from rxqueue.backends.base import ALL_CAPABILITIES, Backend, Capability
+from rxqueue.clock import Clock, system_clock
+from rxqueue.codec import DEFAULT_CODEC, Codec
+from rxqueue.demand import Demand
+from rxqueue.errors import (
+    BackendClosed,
+    BackendError,
+    InvalidOption,
+    InvalidTransition,
+    TaskExists,
+    TaskNotFound,
+    WorkerError,
+)
+from rxqueue.streams import Doorbell, poll
+from rxqueue.task import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_QUEUE,
+    Status,
+    Task,
+    TaskId,
+    check_int,
+    check_seconds,
+    task_reader,
+)
+
+__all__ = ["SCHEMA_VERSION", "PostgresBackend", "PostgresDoorbell", "schema_sql"]
+
+# --- SQL ------------------------------------------------------------------------------
+# Templates: ``{s}`` is the quoted schema. asyncpg prepares and caches each statement
+# per connection, so a hot statement is parsed and planned once per connection.
+
+_COLUMN_NAMES: Final = (
+    "id", "queue", "args", "status", "attempts", "max_attempts", "priority", "run_at",
+    "created_at", "lock_by", "lock_at", "done_at", "last_error", "result", "metadata",
+)  # fmt: skip
+_COLUMNS: Final = ", ".join(_COLUMN_NAMES[:-1]) + ", metadata::text AS metadata"
+_T_COLUMNS: Final = ", ".join(f"t.{name}" for name in _COLUMN_NAMES[:-1]) + (
+    ", t.metadata::text AS metadata"
+)
+_READY: Final = "status IN ('Pending', 'Failed')"  # exactly the partial index's WHERE
+_ACTIVE: Final = "status IN ('Queued', 'Running')"
+
+# $1 worker, $2 now, $3 queue, $4 limit. ``id = ANY(ARRAY(subquery))`` rather than
+# ``id IN (subquery)``: the subquery runs once and the update finds its rows by primary
+# key; with IN the planner may hash-join against a sequential scan of the whole table.
+_CLAIM: Final = f"""
+UPDATE {{s}}.tasks SET status = 'Queued', lock_by = $1, lock_at = $2
+WHERE id = ANY(ARRAY(
+    SELECT id FROM {{s}}.tasks
+    WHERE queue = $3 AND {_READY} AND run_at <= $2
+    ORDER BY priority DESC, run_at, id
+    LIMIT $4
+    FOR UPDATE SKIP LOCKED
+))
+RETURNING {_COLUMNS}
+"""
+# After a claim whose answer was lost with its connection: hand back what it may
+# have claimed (its lock_at is that claim's own time).
+_UNCLAIM: Final = """
+WITH released AS (
+    UPDATE {s}.tasks SET status = 'Pending', lock_by = NULL, lock_at = NULL
+    WHERE queue = $1 AND lock_by = $2 AND status = 'Queued' AND lock_at = $3
+    RETURNING 1
+)
+SELECT pg_notify($4, '') WHERE EXISTS (SELECT 1 FROM released)
+"""
+
+# $1 queue, $2.. the columns as arrays, $11 the queue's channel.
+_INSERT: Final = """
+WITH inserted AS (
+    INSERT INTO {s}.tasks (id, queue, args, attempts, max_attempts, priority, run_at,
+                           created_at, last_error, metadata)
+    SELECT i, $1, a, n, m, p, r, c, e, d::jsonb
+    FROM unnest($2::text[], $3::bytea[], $4::int[], $5::int[], $6::int[],
+                $7::float8[], $8::float8[], $9::text[], $10::text[])
+         AS x(i, a, n, m, p, r, c, e, d)
+    RETURNING 1
+)
+SELECT pg_notify($11, '')
+"""
+
+# Acks apply only while the acking worker still holds the lease. One statement: a
+# CTE per kind (each touches other rows), the ids that changed come back, so the
+# refused ones are known exactly. Completion NOTIFYs go out only for tasks that
+# someone waits for (the waiters table).
+_HELD: Final = f"t.lock_by = $1 AND t.{_ACTIVE}"
+_UNLOCK: Final = "attempts = t.attempts + 1, lock_by = NULL, lock_at = NULL"
+_WAKE_WAITERS: Final = """
+SELECT NULL FROM (
+    SELECT pg_notify({done}, CASE WHEN sum(length(w.task_id) + 1) < 7900
+                                  THEN string_agg(w.task_id, ',') ELSE '' END)
+    FROM (SELECT DISTINCT task_id FROM {s}.waiters
+          WHERE task_id IN (SELECT id FROM {finished})) AS w
+    HAVING count(*) > 0
+) AS n
+"""
+_ACKS: Final = f"""
+WITH started AS (
+    UPDATE {{s}}.tasks AS t SET status = 'Running'
+    WHERE t.id = ANY($2::text[]) AND {_HELD}
+    RETURNING t.id
+), done AS (
+    UPDATE {{s}}.tasks AS t SET status = 'Done', {_UNLOCK}, result = a.result, done_at = $10
+    FROM unnest($3::text[], $4::bytea[]) AS a(id, result)
+    WHERE t.id = a.id AND {_HELD}
+    RETURNING t.id
+), retried AS (
+    UPDATE {{s}}.tasks AS t SET status = 'Failed', {_UNLOCK}, run_at = a.run_at,
+        last_error = a.error
+    FROM unnest($5::text[], $6::float8[], $7::text[]) AS a(id, run_at, error)
+    WHERE t.id = a.id AND {_HELD}
+    RETURNING t.id
+), killed AS (
+    UPDATE {{s}}.tasks AS t SET status = 'Killed', {_UNLOCK}, last_error = a.error,
+        done_at = $10
+    FROM unnest($8::text[], $9::text[]) AS a(id, error)
+    WHERE t.id = a.id AND {_HELD}
+    RETURNING t.id
+), finished AS (
+    SELECT id FROM done UNION ALL SELECT id FROM killed
+)
+SELECT id FROM started
+UNION ALL SELECT id FROM finished
+UNION ALL SELECT id FROM retried
+UNION ALL SELECT NULL FROM (SELECT pg_notify($11, '')) AS n
+          WHERE $12 AND EXISTS (SELECT 1 FROM retried)
+UNION ALL {_WAKE_WAITERS.format(s="{s}", done="$13", finished="finished")}
+"""
+_RELEASE: Final = """
+WITH released AS (
+    UPDATE {s}.tasks SET status = 'Pending', lock_by = NULL, lock_at = NULL
+    WHERE id = ANY($1::text[]) AND lock_by = $2 AND status = 'Queued'
+    RETURNING 1
+)
+SELECT pg_notify($3, '') WHERE EXISTS (SELECT 1 FROM released)
+"""
+
+# Leases: a task held by a worker whose heartbeat is older than the lease, or by a
+# worker with no heartbeat row whose claim is older than the lease, is taken back:
+# Pending with one more attempt, or Killed once attempts reach max_attempts.
+_EXPIRE_SET: Final = f"""
+    {_UNLOCK},
+    last_error = format('lease expired: worker %s stopped heartbeating', quote_literal(t.lock_by)),
+    status = CASE WHEN t.attempts + 1 >= t.max_attempts THEN 'Killed' ELSE 'Pending' END,
+    done_at = CASE WHEN t.attempts + 1 >= t.max_attempts THEN $2 ELSE t.done_at END
+"""
+_EXPIRE_TAIL: Final = f"""
+), killed AS (
+    SELECT id FROM changed WHERE status = 'Killed'
+)
+SELECT id, status FROM changed
+UNION ALL SELECT NULL, NULL FROM (SELECT pg_notify($4, '')) AS n
+          WHERE EXISTS (SELECT 1 FROM changed WHERE status = 'Pending')
+UNION ALL SELECT NULL, NULL FROM (
+    {_WAKE_WAITERS.format(s="{s}", done="$5", finished="killed")}
+) AS k
+"""
+# $1 queue, $2 now, $3 lease, $4 ready channel, $5 done channel.
+_RECLAIM: Final = f"""
+WITH expired AS (
+    SELECT t.id FROM {{s}}.tasks AS t
+    LEFT JOIN {{s}}.workers AS w ON w.queue = t.queue AND w.name = t.lock_by
+    WHERE t.queue = $1 AND t.{_ACTIVE} AND t.lock_by IS NOT NULL
+      AND CASE WHEN w.name IS NULL THEN $2 - t.lock_at >= $3
+               ELSE $2 - w.last_seen >= $3 END
+    FOR UPDATE OF t SKIP LOCKED
+), changed AS (
+    UPDATE {{s}}.tasks AS t SET {_EXPIRE_SET}
+    FROM expired WHERE t.id = expired.id
+    RETURNING t.id, t.status
+{_EXPIRE_TAIL}
+"""
+# A restarted worker takes back every task its dead predecessor held.
+# $1 queue, $2 now, $3 name, $4 ready channel, $5 done channel.
+_EXPIRE_NAME: Final = f"""
+WITH changed AS (
+    UPDATE {{s}}.tasks AS t SET {_EXPIRE_SET}
+    WHERE t.queue = $1 AND t.lock_by = $3 AND t.{_ACTIVE}
+    RETURNING t.id, t.status
+{_EXPIRE_TAIL}
+"""
+_REGISTER: Final = """
+INSERT INTO {s}.workers AS w (queue, name, last_seen, started_at, pid, host)
+VALUES ($1, $2, $3, $3, $5, $6)
+ON CONFLICT (queue, name) DO UPDATE
+    SET last_seen = excluded.last_seen, started_at = excluded.started_at,
+        pid = excluded.pid, host = excluded.host
+    WHERE $3 - w.last_seen >= $4
+RETURNING 1
+"""
+_WORKER_SEEN: Final = "SELECT last_seen, pid, host FROM {s}.workers WHERE queue = $1 AND name = $2"
+_HEARTBEAT: Final = """
+INSERT INTO {s}.workers AS w (queue, name, last_seen, started_at, pid, host)
+VALUES ($1, $2, $3, $3, $4, $5)
+ON CONFLICT (queue, name) DO UPDATE SET last_seen = excluded.last_seen
+"""
+_UNREGISTER: Final = """
+DELETE FROM {s}.workers WHERE queue = $1 AND name = $2 AND pid = $3 AND host = $4
+"""
+
+# Inspection and management.
+_GET: Final = f"SELECT {_COLUMNS} FROM {{s}}.tasks WHERE id = $1 AND queue = $2"
+_STATUS: Final = "SELECT status FROM {s}.tasks WHERE id = $1 AND queue = $2"
+_EXISTING: Final = "SELECT id FROM {s}.tasks WHERE id = ANY($1::text[]) LIMIT 1"
+_STATS: Final = "SELECT status, count(*) FROM {s}.tasks WHERE queue = $1 GROUP BY status"
+_LIST: Final = f"""
+SELECT {_COLUMNS} FROM {{s}}.tasks WHERE queue = $1
+ORDER BY created_at, id LIMIT $2 OFFSET $3
+"""
+_LIST_STATUS: Final = f"""
+SELECT {_COLUMNS} FROM {{s}}.tasks WHERE queue = $1 AND status = $4
+ORDER BY created_at, id LIMIT $2 OFFSET $3
+"""
+_RETRY_NOW: Final = """
+WITH retried AS (
+    UPDATE {s}.tasks SET status = 'Pending', run_at = $3, done_at = NULL, lock_by = NULL,
+        lock_at = NULL, max_attempts = greatest(max_attempts, attempts + 1)
+    WHERE id = $1 AND queue = $2 AND status IN ('Failed', 'Killed')
+    RETURNING id
+)
+SELECT id FROM retried
+UNION ALL SELECT NULL FROM (SELECT pg_notify($4, '')) AS n
+          WHERE EXISTS (SELECT 1 FROM retried)
+"""
+_KILL: Final = f"""
+WITH killed AS (
+    UPDATE {{s}}.tasks SET status = 'Killed', lock_by = NULL, lock_at = NULL,
+        last_error = $3, done_at = $4
+    WHERE id = $1 AND queue = $2 AND status NOT IN ('Done', 'Killed')
+    RETURNING id
+)
+SELECT id FROM killed
+UNION ALL {_WAKE_WAITERS.format(s="{s}", done="$5", finished="killed")}
+"""
+_VACUUM: Final = """
+DELETE FROM {s}.tasks WHERE queue = $1 AND status IN ('Done', 'Killed') AND done_at <= $2
+"""
+_VACUUM_WAITERS: Final = """
+DELETE FROM {s}.waiters AS w
+WHERE NOT EXISTS (SELECT 1 FROM {s}.tasks AS t WHERE t.id = w.task_id)
+"""
+_HAS_WORK: Final = f"""
+SELECT EXISTS (SELECT 1 FROM {{s}}.tasks WHERE queue = $1 AND {_READY} AND run_at <= $2)
+"""
+_WAIT_ON: Final = """
+INSERT INTO {s}.waiters (task_id, token, since) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING
+"""
+_WAIT_OFF: Final = "DELETE FROM {s}.waiters WHERE task_id = $1 AND token = $2"
+
+
+# --- rows <-> tasks -----------------------------------------------------------------------
+
+
+def _payload(value: Any) -> bytes:
+    """The stored payload as bytes: a NULL written by another tool still reaches the
+    worker, whose decoding then kills that task."""
+    if isinstance(value, bytes):
+        return value
+    if value is None:
+        return b""
+    return bytes(value)
+
+
+def _metadata(text: Any, *, lenient: bool) -> dict[str, Any]:
+    if text is None or text == "":
+        return {}
+    try:
+        value = orjson.loads(text)
+        if not isinstance(value, dict):
+            raise ValueError(f"metadata is {type(value).__name__}, not a JSON object")
+    except ValueError:
+        if lenient:
+            return {}
+        raise
+    return value
+
+
+def _strict_metadata(text: Any) -> dict[str, Any]:
+    return _metadata(text, lenient=False)
+
+
+def _lenient_metadata(text: Any) -> dict[str, Any]:
+    return _metadata(text, lenient=True)
+
+
+# Rows become Tasks by column name; ``args`` and ``result`` stay encoded. Metadata
+# that is not a JSON object kills the row in a claim; ``get``/``list`` show it empty.
+_CLAIMED = task_reader(
+    _COLUMN_NAMES, {"args": _payload, "status": Status, "metadata": _strict_metadata}
+)
+_SHOWN = task_reader(
+    _COLUMN_NAMES, {"args": _payload, "status": Status, "metadata": _lenient_metadata}
+)
+
+
+def _claim_order(task: Task[Any]) -> tuple[int, float, str]:
+    return (-task.priority, task.run_at, task.id)
+
+
+def _encode_metadata(task: Task[Any]) -> str | None:
+    if not task.metadata:
+        return None
+    return orjson.dumps(dict(task.metadata)).decode()
+
+
+_DUPLICATE_KEY = re.compile(r"Key \(id\)=\((.*)\) already exists", re.DOTALL)
+
+_DRIVER_ERRORS: Final = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
+
+
+# --- URLs and descriptions --------------------------------------------------------------
+
+
+def _describe(dsn: str) -> str:
+    """``PostgreSQL at host:port/database``, never the password."""
+    parts = urlsplit(dsn)
+    hosts = parts.netloc.rpartition("@")[2] or "localhost"
+    database = unquote(parts.path.lstrip("/")) or "(the user's database)"
+    return f"PostgreSQL at {hosts}/{database}"
+
+
+def _redact(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``."""
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***"
+    netloc = f"{userinfo}@{hosts}" if at else hosts
+    return parts._replace(netloc=netloc).geturl()
+
+
+def _check_url(url: str) -> None:
+    if not isinstance(url, str):
+        raise InvalidOption(f"the PostgreSQL DSN must be a URL string, got {type(url).__name__}")
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("postgres", "postgresql"):
+            raise ValueError(f"the scheme is {scheme or 'missing'!r}, not postgresql://")
+        hosts = parts.netloc.rpartition("@")[2]
+        for host in filter(None, hosts.split(",")):
+            port = host.rpartition("]")[2].rpartition(":")[2] if ":" in host else ""
+            if port and not port.isdigit():
+                raise ValueError(f"the port {port!r} is not a number")
+    except ValueError as exc:
+        raise BackendError(
+            f"bad PostgreSQL URL {_redact(url)!r}: {exc}; write "
+            "postgresql://user[:password]@host[:port]/database"
+        ) from None
+
+
+def _channel_name(schema: str, queue: str, suffix: str = "") -> str:
+    """A NOTIFY channel of at most 63 bytes: ``<schema>_<hash of schema and queue>``."""
+    digest = hashlib.sha1(f"{schema}\0{queue}".encode(), usedforsecurity=False).hexdigest()
+    return f"{schema}_{digest[:12]}{suffix}"
+
+
+async def _no_reset(connection: asyncpg.Connection) -> None:
+    """Pool reset: rxqueue leaves no session state behind (its advisory locks are
+    transaction-scoped, it never LISTENs on pool connections), so the default
+    reset's extra round trip per checkout buys nothing. An open transaction is
+    still rolled back by asyncpg itself."""
+
+
+# --- the doorbell: LISTEN/NOTIFY ---------------------------------------------------------------
+
+
+Connect = Callable[[], Awaitable[asyncpg.Connection]]
+Handler = Callable[[str], None]
+
+
+class PostgresDoorbell:
+    """A :class:`~rxqueue.streams.Doorbell` rung by NOTIFY on one queue's channel.
+
+    One dedicated connection LISTENs, opened by the first :meth:`wait` (a
+    producer-only process never opens it). If it is lost, it reconnects with
+    backoff and listens again, and rings once (a notification may have been
+    missed meanwhile); a connection quiet for ``check_after`` seconds is
+    checked with ``SELECT 1``. :meth:`notify` rings this process's waiters
+    only: pushes ring other processes by ``pg_notify`` in their transaction.
+    As with the socket doorbell, a ring while nobody waits is kept: the next
+    :meth:`wait` returns True at once.
+    """
+
+    check_after: float = 30.0
+
+    def __init__(self, connect: Connect, channel: str) -> None:
+        self._connect = connect
+        self.channel = channel
+        self._event = asyncio.Event()
+        self._handlers: dict[str, Handler] = {channel: self._rung}
+        self._runner: asyncio.Task[None] | None = None
+        self._conn: asyncpg.Connection | None = None
+        self._listening = asyncio.Event()
+        self._users: set[int] = set()
+        self._closed = False
+        self.connections = 0  # connections made (tests watch reconnects)
+        self.last_error: BaseException | None = None
+
+    def __repr__(self) -> str:
+        state = "listening" if self._listening.is_set() else "idle"
+        return f"PostgresDoorbell({self.channel!r}, {state})"
+
+    # --- the Doorbell protocol -----------------------------------------------------------
+
+    def notify(self) -> None:
+        self._event.set()
+
+    async def wait(self, timeout: float) -> bool:
+        self._start()
+        event = self._event
+        if not event.is_set():
+            try:
+                async with asyncio.timeout(timeout):
+                    await event.wait()
+            except TimeoutError:
+                return False
+        event.clear()
+        return True
+
+    # --- listening ----------------------------------------------------------------------
+
+    @property
+    def listening(self) -> bool:
+        return self._listening.is_set()
+
+    async def until_listening(self, timeout: float) -> bool:
+        """Start listening if needed; True once LISTEN is active (False after ``timeout``)."""
+        self._start()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._listening.wait()
+        return self._listening.is_set()
+
+    async def listen(self, channel: str, handler: Handler) -> None:
+        """Also call ``handler(payload)`` for NOTIFYs on ``channel``."""
+        if channel in self._handlers:
+            return
+        self._handlers[channel] = handler
+        conn = self._conn
+        if conn is not None and not conn.is_closed():
+            with contextlib.suppress(*_DRIVER_ERRORS):
+                await conn.add_listener(channel, self._on_notification)
+
+    def _rung(self, payload: str) -> None:
+        self._event.set()
+
+    def _on_notification(self, connection: object, pid: int, channel: str, payload: object) -> None:
+        handler = self._handlers.get(channel)
+        if handler is not None:
+            handler(str(payload))
+
+    def _start(self) -> None:
+        if self._runner is None and not self._closed:
+            self._runner = asyncio.get_running_loop().create_task(self._listen())
+
+    async def _listen(self) -> None:
+        pause = 0.05
+        while not self._closed:
+            try:
+                conn = await self._connect()
+            except Exception as exc:  # the server is down: the poll finds tasks meanwhile
+                self.last_error = exc
+                await asyncio.sleep(pause)
+                pause = min(2.0, pause * 2)
+                continue
+            self.connections += 1
+            lost = asyncio.Event()
+            conn.add_termination_listener(lambda _, lost=lost: lost.set())
+            try:
+                for channel in list(self._handlers):
+                    await conn.add_listener(channel, self._on_notification)
+                self._conn = conn
+                self._listening.set()
+                pause = 0.05
+                self._event.set()  # a notification may have been missed: claim once
+                await self._watch(conn, lost)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.last_error = exc
+            finally:
+                self._listening.clear()
+                self._conn = None
+                conn.terminate()
+            if not self._closed:
+                self._event.set()  # lost: claim now, then poll until we are back
+                await asyncio.sleep(pause)
+                pause = min(2.0, pause * 2)
+
+    async def _watch(self, conn: asyncpg.Connection, lost: asyncio.Event) -> None:
+        """Return when the connection is lost (a quiet one is checked now and then)."""
+        while not lost.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.check_after):
+                    await lost.wait()
+            if lost.is_set() or conn.is_closed():
+                return
+            await conn.execute("SELECT 1", timeout=min(10.0, self.check_after))
+
+    # --- users and teardown ------------------------------------------------------------------
+
+    def attach(self, user: object) -> None:
+        self._users.add(id(user))
+        self._closed = False
+
+    async def detach(self, user: object) -> None:
+        """``user`` (a backend's shared state) closed; the last one stops listening."""
+        self._users.discard(id(user))
+        if not self._users:
+            await self.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+        self._listening.clear()
+
+
+# --- the backend -------------------------------------------------------------------------------
+
+
+class _Server:
+    """What a backend and its ``pipe`` copies share: the pool and the connect options."""
+
+    __slots__ = ("closed", "connect_options", "dsn", "pool", "where")
+
+    def __init__(self, dsn: str, where: str, connect_options: dict[str, Any]) -> None:
+        self.dsn = dsn
+        self.where = where
+        self.connect_options = connect_options
+        self.pool: asyncpg.Pool | None = None
+        self.closed = False
+
+
+class PostgresBackend(Backend):
+    """Tasks in a PostgreSQL schema, shared by workers on any number of hosts.
+
+    The pool opens lazily on first use (or ``async with``); :meth:`close`
+    closes it. ``pool_min_size``/``pool_max_size`` size it; every connection
+    shows ``application_name`` ``rxqueue`` (``rxqueue:<worker_name>`` when
+    given) in ``pg_stat_activity``. ``connect_timeout`` bounds a connection
+    attempt (an unreachable server fails a push within it), ``command_timeout``
+    a statement (``None``: no limit). ``lease_timeout`` is how long a worker
+    may go without a heartbeat before its tasks are reclaimed;
+    ``heartbeat_interval`` is how often workers send one.
+    """
+
+    capabilities = ALL_CAPABILITIES | {Capability.TRANSACTIONS}
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        queue: str = DEFAULT_QUEUE,
+        schema: str = "rxqueue",
+        codec: Codec = DEFAULT_CODEC,
+        clock: Clock = system_clock,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        lease_timeout: float = 60.0,
+        heartbeat_interval: float = 10.0,
+        poll_interval: float = 0.05,
+        max_poll_interval: float = 1.0,
+        pool_min_size: int = 1,
+        pool_max_size: int = 10,
+        worker_name: str | None = None,
+        connect_timeout: float = 5.0,
+        command_timeout: float | None = 60.0,
+    ) -> None:
+        super().__init__(queue=queue, codec=codec, clock=clock, max_attempts=max_attempts)
+        _check_url(dsn)
+        self.schema = check_schema(schema)
+        for name, value in {
+            "lease_timeout": lease_timeout,
+            "heartbeat_interval": heartbeat_interval,
+            "poll_interval": poll_interval,
+            "connect_timeout": connect_timeout,
+        }.items():
+            if check_seconds(name, value) <= 0:
+                raise InvalidOption(f"{name} must be a positive number of seconds, got {value!r}")
+        check_seconds("max_poll_interval", max_poll_interval)
+        if command_timeout is not None and check_seconds("command_timeout", command_timeout) <= 0:
+            raise InvalidOption(
+                f"command_timeout must be positive or None, got {command_timeout!r}"
+            )
+        check_int("pool_min_size", pool_min_size, low=0)
+        check_int("pool_max_size", pool_max_size, low=max(1, pool_min_size))
+        if worker_name is not None and (not isinstance(worker_name, str) or not worker_name):
+            raise InvalidOption(f"worker_name must be a non-empty string, got {worker_name!r}")
+        self.lease_timeout = float(lease_timeout)
+        self.heartbeat_interval = float(heartbeat_interval)
+        self.poll_interval = float(poll_interval)
+        self.max_poll_interval = max(self.poll_interval, float(max_poll_interval))
+        self.pool_min_size = pool_min_size
+        self.pool_max_size = pool_max_size
+        self.connect_timeout = float(connect_timeout)
+        self.command_timeout = command_timeout
+        self.application_name = (f"rxqueue:{worker_name}" if worker_name else "rxqueue")[:63]
+        where = _describe(dsn)
+        self._server = _Server(
+            dsn,
+            where,
+            {
+                "timeout": self.connect_timeout,
+                "command_timeout": command_timeout,
+                "server_settings": {"application_name": self.application_name},
+            },
+        )
+        self._sql = _Statements(self.schema)
+        self.channel = _channel_name(self.schema, queue)
+        self.done_channel = _channel_name(self.schema, queue, "_d")
+        self._channel_key = ("postgres", where, self.schema, queue)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> PostgresBackend:
+        """``postgresql://user[:password]@host[:port]/database`` (``postgres://`` too);
+        ``schema=``, ``queue=`` and the other options are keywords."""
+        _check_url(url)
+        return cls(url, **options)
+
+    @property
+    def where(self) -> str:
+        """``PostgreSQL at host:port/database``: how messages name the server."""
+        return self._server.where
+
+    def __repr__(self) -> str:
+        ops = f", ops={len(self._operators)}" if self._operators else ""
+        return (
+            f"PostgresBackend({_redact(self._server.dsn)!r}, schema={self.schema!r}, "
+            f"queue={self.queue!r}{ops})"
+        )
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        server = self._server
+        if server.closed:
+            raise BackendClosed(f"{self!r} is closed; open a new one")
+        try:
+            pool = await asyncpg.create_pool(
+                server.dsn,
+                min_size=self.pool_min_size,
+                max_size=self.pool_max_size,
+                reset=_no_reset,
+                **server.connect_options,
+            )
+        except _DRIVER_ERRORS as exc:
+            raise schema_module.translate(exc, where=server.where) from None
+        try:
+            async with pool.acquire() as conn:
+                await schema_module.prepare(conn, schema=self.schema, where=server.where)
+        except BaseException as exc:
+            pool.terminate()
+            if isinstance(exc, _DRIVER_ERRORS):
+                raise schema_module.translate(exc, where=server.where) from exc
+            raise
+        server.pool = pool
+        bell = self._bell()
+        if bell is not None:
+            bell.attach(server)
+
+    async def _close(self) -> None:
+        server = self._server
+        server.closed = True
+        pool, server.pool = server.pool, None
+        bell = self._bell()
+        if bell is not None:
+            await bell.detach(server)
+        if pool is not None:
+            try:
+                async with asyncio.timeout(10):
+                    await pool.close()
+            except (TimeoutError, *_DRIVER_ERRORS):
+                pool.terminate()
+
+    def _make_doorbell(self) -> Doorbell:
+        server = self._server
+
+        async def connect() -> asyncpg.Connection:
+            return await asyncpg.connect(server.dsn, **server.connect_options)
+
+        return PostgresDoorbell(connect, self.channel)
+
+    def _bell(self) -> PostgresDoorbell | None:
+        bell = self._local().doorbell
+        return bell if isinstance(bell, PostgresDoorbell) else None
+
+    async def _pool(self) -> asyncpg.Pool:
+        pool = self._server.pool
+        if pool is None:
+            await self.open()  # raises BackendClosed once closed
+            pool = self._server.pool
+            if pool is None:
+                raise BackendClosed(f"{self!r} is closed; open a new one")
+        return pool
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
+        except _DRIVER_ERRORS as exc:
+            if isinstance(exc, asyncpg.InterfaceError) and self._server.closed:
+                raise BackendClosed(f"{self!r} was closed during the operation") from exc
+            raise schema_module.translate(exc, where=self._server.where) from exc
+
+    async def _fetch(self, statement: str, *args: Any) -> list[asyncpg.Record]:
+        pool = await self._pool()
+        with self._translated():
+            rows: list[asyncpg.Record] = await pool.fetch(statement, *args)
+            return rows
+
+    async def _execute(self, statement: str, *args: Any) -> str:
+        pool = await self._pool()
+        with self._translated():
+            status: str = await pool.execute(statement, *args)
+            return status
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        pool = await self._pool()
+        with self._translated():
+            async with pool.acquire() as conn, conn.transaction():
+                yield conn
+
+    def _expired(self, changed: Sequence[asyncpg.Record]) -> None:
+        """After leases were taken back: wake fetchers, and waiters of killed tasks."""
+        if changed:
+            local = self._local()
+            local.doorbell.notify()
+            local.finished(task_id for task_id, status in changed if status == Status.KILLED)
+
+    # --- fetcher --------------------------------------------------------------------------
+
+    def _fetcher(self, demand: Demand) -> Observable[Any]:
+        name = demand.name
+
+        async def fetch_many(limit: int) -> list[Task[Any]]:
+            return await self._claim(name, limit)
+
+        return poll(
+            fetch_many,
+            demand,
+            interval=self.poll_interval,
+            max_interval=self.max_poll_interval,
+            wakeup=self._local().doorbell,
+        )
+
+    async def _claim(self, worker: str, limit: int) -> list[Task[Any]]:
+        """Claim up to ``limit`` ready tasks for ``worker``, in claim order
+        (priority desc, run_at, id), payloads still encoded.
+
+        The fetcher's one store call; tests may call it to act as a worker.
+        """
+        now = self.clock()
+        pool = await self._pool()
+        try:
+            rows = await pool.fetch(self._sql.claim, worker, now, self.queue, limit)
+        except _DRIVER_ERRORS as exc:
+            if schema_module.is_transient(exc):
+                await self._unclaim(worker, now)
+            raise schema_module.translate(exc, where=self._server.where) from exc
+        tasks: list[Task[Any]] = []
+        corrupt: list[tuple[str, str]] = []
+        for row in rows:
+            try:
+                tasks.append(_CLAIMED(row))
+            except (ValueError, TypeError) as exc:
+                corrupt.append((row["id"], f"corrupt task row: {exc}"))
+        if corrupt:
+            await self._fetch(
+                self._sql.acks,
+                worker, [], [], [], [], [], [],
+                [task_id for task_id, _ in corrupt],
+                [error for _, error in corrupt],
+                now, self.channel, False, self.done_channel,
+            )  # fmt: skip
+        if len(tasks) > 1:
+            tasks.sort(key=_claim_order)
+        return tasks
+
+    async def _unclaim(self, worker: str, claimed_at: float) -> None:
+        """The connection was lost during a claim, which may have committed: hand
+        back what it claimed, if anything, rather than hold it until a restart."""
+        pool = self._server.pool
+        if pool is None:
+            return
+        with contextlib.suppress(*_DRIVER_ERRORS):
+            async with asyncio.timeout(self.connect_timeout):
+                await pool.execute(self._sql.unclaim, self.queue, worker, claimed_at, self.channel)
+
+    # --- sink -------------------------------------------------------------------------------
+
+    async def _store(
+        self, tasks: Sequence[Task[Any]], payloads: Sequence[bytes], connection: Any = None
+    ) -> list[TaskId]:
+        ids = [task.id for task in tasks]
+        args = (
+            self.queue,
+            ids,
+            list(payloads),
+            [task.attempts for task in tasks],
+            [task.max_attempts for task in tasks],
+            [task.priority for task in tasks],
+            [task.run_at for task in tasks],
+            [task.created_at for task in tasks],
+            [task.last_error for task in tasks],
+            [_encode_metadata(task) for task in tasks],
+            self.channel,
+        )
+        if connection is not None:
+            _check_connection(connection)
+            await self._insert(connection, ids, args, theirs=True)
+            return ids  # fetchers wake by the NOTIFY, when (if) the caller commits
+        pool = await self._pool()
+        with self._translated():
+            async with pool.acquire() as conn:
+                await self._insert(conn, ids, args, theirs=False)
+        self._local().doorbell.notify()
+        return ids
+
+    async def _insert(
+        self, conn: asyncpg.Connection, ids: list[TaskId], args: tuple[Any, ...], *, theirs: bool
+    ) -> None:
+        try:
+            await conn.execute(self._sql.insert, *args)
+        except asyncpg.UniqueViolationError as exc:
+            match = _DUPLICATE_KEY.search(getattr(exc, "detail", None) or str(exc))
+            taken = match.group(1) if match else None
+            if taken is None and not theirs:
+                taken = await conn.fetchval(self._sql.existing, ids)
+            raise TaskExists(taken or "?") from None
+        except asyncpg.UndefinedTableError as exc:
+            if not theirs:
+                raise
+            raise BackendError(
+                f"{self.where}: your connection sees no {self.schema}.tasks table: it is "
+                f"connected to another database than this backend, or the schema "
+                f"{self.schema!r} was dropped ({type(exc).__name__}: {exc})"
+            ) from exc
+        except _DRIVER_ERRORS as exc:
+            if not theirs:
+                raise
+            raise schema_module.translate(exc, where=self.where) from exc
+
+    # --- acker ------------------------------------------------------------------------------
+
+    async def report(self, batch: AckBatch) -> list[TaskId]:
+        if not len(batch):
+            return []
+        now = self.clock()
+        outcome_ids = {task.id for task, _ in batch.done}
+        outcome_ids.update(task.id for task, _ in batch.retried)
+        outcome_ids.update(task.id for task, _ in batch.killed)
+        # A task started and finished in one batch ends finished: one update is enough.
+        started = [task.id for task in batch.started if task.id not in outcome_ids]
+        ready_now = any(retry.at <= now for _, retry in batch.retried)
+        rows = await self._fetch(
+            self._sql.acks,
+            batch.worker,
+            started,
+            [task.id for task, _ in batch.done],
+            [result for _, result in batch.done],
+            [task.id for task, _ in batch.retried],
+            [retry.at for _, retry in batch.retried],
+            [retry.error for _, retry in batch.retried],
+            [task.id for task, _ in batch.killed],
+            [killed.error for _, killed in batch.killed],
+            now,
+            self.channel,
+            ready_now,
+            self.done_channel,
+        )
+        applied = {row[0] for row in rows}
+        wanted = dict.fromkeys(started)
+        wanted.update(dict.fromkeys(task.id for task in batch.started))
+        wanted.update(dict.fromkeys(outcome_ids))
+        refused = [task_id for task_id in wanted if task_id not in applied]
+        local = self._local()
+        if ready_now:
+            local.doorbell.notify()
+        if local.waiters:
+            local.finished(batch.finished)
+        return refused
+
+    async def release(self, tasks: Sequence[Task[Any]], worker: str) -> None:
+        ids = [task.id for task in tasks]
+        if ids:
+            await self._fetch(self._sql.release, ids, worker, self.channel)
+        self._local().doorbell.notify()
+
+    # --- workers and leases -------------------------------------------------------------------
+
+    async def register_worker(self, worker: str) -> None:
+        """Record the worker; refuse a name whose heartbeat is still fresh.
+
+        Tasks still held under this name belong to a dead predecessor (this worker
+        has claimed nothing yet): they are taken back as by :meth:`reclaim`.
+        """
+        queue, now, lease = self.queue, self.clock(), self.lease_timeout
+        pid, host = os.getpid(), socket.gethostname()
+        async with self._transaction() as conn:
+            registered = await conn.fetchval(
+                self._sql.register, queue, worker, now, lease, pid, host
+            )
+            if registered is None:
+                seen = await conn.fetchrow(self._sql.worker_seen, queue, worker)
+                ago = f"{now - seen[0]:.1f}s ago" if seen is not None else "just now"
+                where = f"pid {seen[1]} on {seen[2]}, " if seen is not None else ""
+                raise WorkerError(
+                    f"a worker named {worker!r} is alive on queue {queue!r} of {self.where} "
+                    f"({where}heartbeat {ago}); give this worker another name, or stop "
+                    "the other one first"
+                )
+            orphans = await conn.fetch(
+                self._sql.expire_name, queue, now, worker, self.channel, self.done_channel
+            )
+        self._expired([row for row in orphans if row[0] is not None])
+
+    async def heartbeat(self, worker: str) -> None:
+        await self._execute(
+            self._sql.heartbeat,
+            self.queue, worker, self.clock(), os.getpid(), socket.gethostname(),
+        )  # fmt: skip
+
+    async def unregister_worker(self, worker: str) -> None:
+        """Forget the worker (only this process's registration of the name)."""
+        await self._execute(
+            self._sql.unregister, self.queue, worker, os.getpid(), socket.gethostname()
+        )
+
+    async def reclaim(self) -> int:
+        """Take back tasks whose worker's lease expired: Pending with one more
+        attempt, or Killed once attempts reach max_attempts. Safe to run from
+        several workers at once (rows are locked with SKIP LOCKED)."""
+        rows = await self._fetch(
+            self._sql.reclaim,
+            self.queue, self.clock(), self.lease_timeout, self.channel, self.done_channel,
+        )  # fmt: skip
+        changed = [row for row in rows if row[0] is not None]
+        self._expired(changed)
+        return len(changed)
+
+    # --- inspection ---------------------------------------------------------------------------
+
+    async def _get(self, task_id: TaskId) -> Task[Any] | None:
+        rows = await self._fetch(self._sql.get, task_id, self.queue)
+        return _SHOWN(rows[0]) if rows else None
+
+    async def _stats(self) -> dict[Status, int]:
+        rows = await self._fetch(self._sql.stats, self.queue)
+        return {Status(status): count for status, count in rows}
+
+    async def _list(self, status: Status | None, limit: int, offset: int) -> list[Task[Any]]:
+        if status is None:
+            rows = await self._fetch(self._sql.list, self.queue, limit, offset)
+        else:
+            rows = await self._fetch(self._sql.list_status, self.queue, limit, offset, status.value)
+        return [_SHOWN(row) for row in rows]
+
+    async def _status_of(self, task_id: TaskId) -> Status:
+        rows = await self._fetch(self._sql.status, task_id, self.queue)
+        if not rows:
+            raise TaskNotFound(f"no task {task_id!r} in queue {self.queue!r}")
+        return Status(rows[0][0])
+
+    async def _retry(self, task_id: TaskId) -> None:
+        rows = await self._fetch(self._sql.retry, task_id, self.queue, self.clock(), self.channel)
+        if not rows:
+            status = await self._status_of(task_id)
+            raise InvalidTransition(
+                f"only Failed or Killed tasks can be retried; {task_id} is {status}"
+            )
+
+    async def _kill(self, task_id: TaskId, reason: str) -> bool:
+        rows = await self._fetch(
+            self._sql.kill, task_id, self.queue, reason, self.clock(), self.done_channel
+        )
+        if any(row[0] is not None for row in rows):
+            return True
+        await self._status_of(task_id)  # TaskNotFound for an unknown id
+        return False
+
+    async def _vacuum(self, older_than: float) -> int:
+        cutoff = self.clock() - older_than
+        async with self._transaction() as conn:
+            status = await conn.execute(self._sql.vacuum, self.queue, cutoff, timeout=None)
+            await conn.execute(self._sql.vacuum_waiters, timeout=None)
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def has_work(self, horizon: float) -> bool:
+        rows = await self._fetch(self._sql.has_work, self.queue, self.clock() + horizon)
+        return bool(rows[0][0])
+
+    async def wait_for(
+        self, task_id: TaskId, *, timeout: float | None = None, poll_interval: float = 0.05
+    ) -> Task[Any]:
+        """Wait until the task is Done or Killed and return it.
+
+        A worker in any process that finishes it sends a NOTIFY (this call
+        registers as a waiter, so only awaited tasks cost one), which wakes
+        the wait at once; polling with backoff stays as the fallback.
+        """
+        self._require(Capability.GET)
+        await self.open()
+        bell = self._bell()
+        if bell is not None:
+            await bell.listen(self.done_channel, self._on_finished)
+            await bell.until_listening(min(self.connect_timeout, 1.0))
+        token = uuid.uuid4().hex
+        await self._execute(self._sql.wait_on, task_id, token, self.clock())
+        try:
+            return await super().wait_for(task_id, timeout=timeout, poll_interval=poll_interval)
+        finally:
+            pool = self._server.pool
+            if pool is not None:
+                with contextlib.suppress(*_DRIVER_ERRORS):
+                    await asyncio.shield(pool.execute(self._sql.wait_off, task_id, token))
+
+    def _on_finished(self, payload: str) -> None:
+        local = self._local()
+        if payload:
+            local.finished(payload.split(","))
+        else:  # too many ids for one payload: every waiter checks again
+            local.finished(list(local.waiters))
+
+
+def _check_connection(connection: Any) -> None:
+    if not isinstance(connection, asyncpg.Connection | asyncpg.pool.PoolConnectionProxy):
+        raise InvalidOption(
+            "connection= must be an asyncpg connection (asyncpg.connect(...) or "
+            f"pool.acquire()), got {type(connection).__name__}"
+        )
+
+
+class _Statements:
+    """Every statement of one schema, formatted once."""
+
+    def __init__(self, schema: str) -> None:
+        s = schema_module.quote(schema)
+
+        def sql(template: str) -> str:
+            return template.replace("{s}", s)
+
+        self.claim = sql(_CLAIM)
+        self.unclaim = sql(_UNCLAIM)
+        self.insert = sql(_INSERT)
+        self.acks = sql(_ACKS)
+        self.release = sql(_RELEASE)
+        self.reclaim = sql(_RECLAIM)
+        self.expire_name = sql(_EXPIRE_NAME)
+        self.register = sql(_REGISTER)
+        self.worker_seen = sql(_WORKER_SEEN)
+        self.heartbeat = sql(_HEARTBEAT)
+        self.unregister = sql(_UNREGISTER)
+        self.get = sql(_GET)
+        self.status = sql(_STATUS)
+        self.existing = sql(_EXISTING)
+        self.stats = sql(_STATS)
+        self.list = sql(_LIST)
+        self.list_status = sql(_LIST_STATUS)
+        self.retry = sql(_RETRY_NOW)
+        self.kill = sql(_KILL)
+        self.vacuum = sql(_VACUUM)
+        self.vacuum_waiters = sql(_VACUUM_WAITERS)
+        self.has_work = sql(_HAS_WORK)
+        self.wait_on = sql(_WAIT_ON)
+        self.wait_off = sql(_WAIT_OFF)
