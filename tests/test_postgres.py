@@ -257,9 +257,10 @@ async def test_a_newer_schema_is_refused_and_left_untouched(schema: str) -> None
 async def test_foreign_tables_in_the_schema_are_refused(schema: str) -> None:
     await sql(f'CREATE SCHEMA "{schema}"')
     await sql(f'CREATE TABLE "{schema}".tasks (id text)')
-    async with PostgresBackend(URL, schema=schema) as backend:
-        with pytest.raises(SchemaError, match="tables rxqueue did not create"):
-            await backend.stats()
+    backend = PostgresBackend(URL, schema=schema)
+    with pytest.raises(SchemaError, match="tables rxqueue did not create"):
+        await backend.stats()
+    await backend.close()
 
 
 # --- claiming --------------------------------------------------------------------------------
@@ -278,7 +279,8 @@ async def test_the_claim_uses_the_partial_index(backend: PostgresBackend, schema
             await conn.execute(
                 f"PREPARE {statement} (text, float8, text, int) AS {backend._sql.claim}"
             )
-            rows = await conn.fetch(f"EXPLAIN EXECUTE {statement} ('x', $1, 'default', 100)", 0.0)
+            now = backend.clock()
+            rows = await conn.fetch(f"EXPLAIN EXECUTE {statement} ('x', {now}, 'default', 100)")
             plan = "\n".join(row[0] for row in rows)
             assert "Index Scan using tasks_ready" in plan, plan
             assert "tasks_pkey" in plan, plan  # the update finds its rows by key

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import re
 import textwrap
+from collections.abc import Sequence
 from typing import Any, Final
 
 import asyncpg
@@ -140,13 +141,27 @@ def lock_key(schema: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+# Catalog reads by plain SQL, not to_regclass(): to_regclass answers from this
+# backend's catalog cache, which does not yet know of tables another process
+# created while we waited for the migration lock; a query on pg_class uses the
+# statement's snapshot, which does.
+_TABLES_PRESENT: Final = """
+SELECT c.relname FROM pg_catalog.pg_class AS c
+JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+WHERE n.nspname = $1 AND c.relname = ANY($2::text[])
+"""
+
+
+async def _present(conn: asyncpg.Connection, schema: str, names: Sequence[str]) -> set[str]:
+    rows = await conn.fetch(_TABLES_PRESENT, schema, list(names))
+    return {row[0] for row in rows}
+
+
 async def current_version(conn: asyncpg.Connection, schema: str) -> int | None:
     """The schema's version, or None when it has no version table (a fresh schema)."""
-    s = quote(schema)
-    found = await conn.fetchval("SELECT to_regclass($1)::text", f"{s}.migrations")
-    if found is None:
+    if not await _present(conn, schema, ["migrations"]):
         return None
-    version = await conn.fetchval(f"SELECT max(version) FROM {s}.migrations")
+    version = await conn.fetchval(f"SELECT max(version) FROM {quote(schema)}.migrations")
     return int(version or 0)
 
 
@@ -213,13 +228,7 @@ def _newer(schema: str, version: int, where: str) -> SchemaError:
 
 
 async def _check_tables(conn: asyncpg.Connection, *, schema: str, version: int, where: str) -> None:
-    s = quote(schema)
-    found = await conn.fetch(
-        "SELECT name FROM unnest($1::text[]) AS name WHERE to_regclass($2 || '.' || name) IS NULL",
-        list(_TABLES),
-        s,
-    )
-    missing = [row[0] for row in found]
+    missing = [name for name in _TABLES if name not in await _present(conn, schema, _TABLES)]
     if missing:
         raise SchemaError(
             f"{where}: schema {schema!r} says rxqueue schema version {version} but has no "
@@ -245,7 +254,9 @@ TRANSIENT: Final[tuple[type[BaseException], ...]] = (
     asyncpg.ReadOnlySQLTransactionError,  # a standby, during a failover
     asyncpg.OutOfMemoryError,
     asyncpg.InvalidCachedStatementError,  # the schema changed under a prepared statement
-    asyncpg.exceptions.OutdatedSchemaCacheError,
+    # Also "cannot switch to state ...": a connection the server ended while idle,
+    # whose end asyncpg has not noticed yet. The connection is dropped; retry.
+    asyncpg.InternalClientError,
     OSError,  # refused, reset, unreachable
     TimeoutError,  # connect_timeout, command_timeout
 )
@@ -345,6 +356,8 @@ def translate(exc: BaseException, *, where: str) -> BackendError:
     if hint is None:
         if isinstance(exc, asyncpg.InterfaceError) and is_transient(exc):
             hint = "the connection to the server was lost; the next operation reconnects"
+        elif isinstance(exc, asyncpg.InternalClientError):
+            hint = "the connection to the server was lost or broken; the next operation reconnects"
         else:
             hint = "the operation failed"
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

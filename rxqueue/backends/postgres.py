@@ -58,6 +58,7 @@ from rxqueue.demand import Demand
 from rxqueue.errors import (
     BackendClosed,
     BackendError,
+    BackendUnavailable,
     InvalidOption,
     InvalidTransition,
     TaskExists,
@@ -764,24 +765,36 @@ class PostgresBackend(Backend):
                 raise BackendClosed(f"{self!r} was closed during the operation") from exc
             raise schema_module.translate(exc, where=self._server.where) from exc
 
-    async def _fetch(self, statement: str, *args: Any) -> list[asyncpg.Record]:
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pool connection; a transient error drops it (it may be broken) and
+        every driver error leaves as a BackendError naming the server."""
         pool = await self._pool()
         with self._translated():
-            rows: list[asyncpg.Record] = await pool.fetch(statement, *args)
+            async with pool.acquire() as conn:
+                try:
+                    yield conn
+                except _DRIVER_ERRORS as exc:
+                    if schema_module.is_transient(exc):
+                        # A connection already lost is back in the pool (to be replaced).
+                        with contextlib.suppress(asyncpg.InterfaceError):
+                            conn.terminate()
+                    raise
+
+    async def _fetch(self, statement: str, *args: Any) -> list[asyncpg.Record]:
+        async with self._connection() as conn:
+            rows: list[asyncpg.Record] = await conn.fetch(statement, *args)
             return rows
 
     async def _execute(self, statement: str, *args: Any) -> str:
-        pool = await self._pool()
-        with self._translated():
-            status: str = await pool.execute(statement, *args)
+        async with self._connection() as conn:
+            status: str = await conn.execute(statement, *args)
             return status
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
-        pool = await self._pool()
-        with self._translated():
-            async with pool.acquire() as conn, conn.transaction():
-                yield conn
+        async with self._connection() as conn, conn.transaction():
+            yield conn
 
     def _expired(self, changed: Sequence[asyncpg.Record]) -> None:
         """After leases were taken back: wake fetchers, and waiters of killed tasks."""
@@ -813,13 +826,12 @@ class PostgresBackend(Backend):
         The fetcher's one store call; tests may call it to act as a worker.
         """
         now = self.clock()
-        pool = await self._pool()
         try:
-            rows = await pool.fetch(self._sql.claim, worker, now, self.queue, limit)
-        except _DRIVER_ERRORS as exc:
-            if schema_module.is_transient(exc):
-                await self._unclaim(worker, now)
-            raise schema_module.translate(exc, where=self._server.where) from exc
+            async with self._connection() as conn:
+                rows = await conn.fetch(self._sql.claim, worker, now, self.queue, limit)
+        except BackendUnavailable:
+            await self._unclaim(worker, now)
+            raise
         tasks: list[Task[Any]] = []
         corrupt: list[tuple[str, str]] = []
         for row in rows:
@@ -872,10 +884,8 @@ class PostgresBackend(Backend):
             _check_connection(connection)
             await self._insert(connection, ids, args, theirs=True)
             return ids  # fetchers wake by the NOTIFY, when (if) the caller commits
-        pool = await self._pool()
-        with self._translated():
-            async with pool.acquire() as conn:
-                await self._insert(conn, ids, args, theirs=False)
+        async with self._connection() as conn:
+            await self._insert(conn, ids, args, theirs=False)
         self._local().doorbell.notify()
         return ids
 
