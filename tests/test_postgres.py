@@ -266,25 +266,59 @@ async def test_foreign_tables_in_the_schema_are_refused(schema: str) -> None:
 # --- claiming --------------------------------------------------------------------------------
 
 
-async def test_the_claim_uses_the_partial_index(backend: PostgresBackend, schema: str) -> None:
-    await backend.push_many(range(2000))
+async def explain(conn: Any, name: str, types: str, statement: str, args: str) -> str:
+    await conn.execute(f"PREPARE {name} ({types}) AS {statement}")
+    rows = await conn.fetch(f"EXPLAIN EXECUTE {name} ({args})")
+    return "\n".join(row[0] for row in rows)
+
+
+async def test_claims_and_acks_use_their_indexes(backend: PostgresBackend, schema: str) -> None:
+    """Under custom and generic plans (asyncpg prepares statements; PostgreSQL
+    switches to a generic plan after five runs), before and after ANALYZE."""
+    await backend.push_many(range(3000))
     done = await backend._claim("w", 1500)
     await backend.report(rxqueue.acks.AckBatch("w", done=[(task, None) for task in done]))
-    await sql(f'ANALYZE "{schema}".tasks')
+    held = await backend._claim("w", 1000)  # a worker holding many tasks
+    ids = "{" + ",".join(task.id for task in held[:500]) + "}"
     conn = await asyncpg.connect(URL)
     try:
-        for mode in ("force_custom_plan", "force_generic_plan"):
-            await conn.execute(f"SET plan_cache_mode = {mode}")
-            statement = f"claim_{mode}"
-            await conn.execute(
-                f"PREPARE {statement} (text, float8, text, int) AS {backend._sql.claim}"
-            )
-            now = backend.clock()
-            rows = await conn.fetch(f"EXPLAIN EXECUTE {statement} ('x', {now}, 'default', 100)")
-            plan = "\n".join(row[0] for row in rows)
-            assert "Index Scan using tasks_ready" in plan, plan
-            assert "tasks_pkey" in plan, plan  # the update finds its rows by key
-            assert "Seq Scan" not in plan, plan
+        for analyzed in (False, True):
+            if analyzed:
+                await conn.execute(f'ANALYZE "{schema}".tasks')
+            for mode in ("force_custom_plan", "force_generic_plan"):
+                await conn.execute(f"SET plan_cache_mode = {mode}")
+                name = f"{mode}_{analyzed}"
+                claim = await explain(
+                    conn,
+                    f"claim_{name}",
+                    "text, float8, text, int",
+                    backend._sql.claim,
+                    f"'x', {backend.clock()}, 'default', 100",
+                )
+                assert "Index Scan using tasks_ready" in claim, claim
+                assert "tasks_pkey" in claim, claim  # the update finds its rows by key
+                assert "Seq Scan" not in claim, claim
+                acks = await explain(
+                    conn,
+                    f"acks_{name}",
+                    "text, text[], text[], bytea[], text[], float8[], text[], text[], "
+                    "text[], float8, text, bool, text",
+                    backend._sql.acks,
+                    f"'w', '{ids}', '{ids}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', "
+                    "0.0, 'c', false, 'd'",
+                )
+                # Never a nested loop that filters every held task against every id
+                # of the batch (a generic plan did, with an index on lock_by).
+                assert "Join Filter" not in acks and "tasks_held" not in acks, acks
+                if mode == "force_generic_plan":  # blind to sizes: by key
+                    assert "Seq Scan on tasks" not in acks, acks
+                release = await explain(
+                    conn, f"release_{name}", "text[], text, text", backend._sql.release,
+                    f"'{ids}', 'w', 'c'",
+                )  # fmt: skip
+                assert "tasks_held" not in release, release
+                if mode == "force_generic_plan":
+                    assert "tasks_pkey" in release, release
     finally:
         await conn.close()
 

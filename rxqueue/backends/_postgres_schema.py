@@ -79,8 +79,10 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         CREATE INDEX tasks_ready ON {s}.tasks (queue, priority DESC, run_at, id)
         WHERE status IN ('Pending', 'Failed')
         """,
+        # Held tasks, for reclaim and for a restarted worker's predecessor. Acks and
+        # releases must not use it: see _BY_KEY in rxqueue.backends.postgres.
         """
-        CREATE INDEX tasks_leases ON {s}.tasks (queue, lock_by)
+        CREATE INDEX tasks_held ON {s}.tasks (queue, lock_by)
         WHERE status IN ('Queued', 'Running')
         """,
         """
