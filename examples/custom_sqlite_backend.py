@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import sys
 import tempfile
 import time
@@ -33,6 +34,7 @@ from rxqueue import (
     Status,
     Task,
     TaskContext,
+    TaskExists,
     TaskId,
     Update,
     WorkerBuilder,
@@ -148,12 +150,15 @@ def create_fetcher(db: aiosqlite.Connection, config: Config, worker: Demand) -> 
 def create_sink(db: aiosqlite.Connection, config: Config) -> Any:
     async def save_task(task: Task[Any]) -> None:
         async with config.lock:
-            await db.execute(
-                "INSERT INTO tasks (id, queue, args, max_attempts, priority, run_at,"
-                " created_at, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (task.id, task.queue, task.args, task.max_attempts, task.priority,
-                 task.run_at, task.created_at, json.dumps(dict(task.metadata))),
-            )  # fmt: skip
+            try:
+                await db.execute(
+                    "INSERT INTO tasks (id, queue, args, max_attempts, priority, run_at,"
+                    " created_at, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (task.id, task.queue, task.args, task.max_attempts, task.priority,
+                     task.run_at, task.created_at, json.dumps(dict(task.metadata))),
+                )  # fmt: skip
+            except sqlite3.IntegrityError:
+                raise TaskExists(task.id) from None
             await db.commit()
 
     return save_task
@@ -179,8 +184,8 @@ async def ack(db: aiosqlite.Connection, config: Config, task: Task[Any], outcome
     async with config.lock:
         cursor = await db.execute(
             f"UPDATE tasks SET {change}{'' if started else ', attempts = attempts + 1'}"
-            " WHERE id = ? AND lock_by = ? AND status IN ('Queued', 'Running')",
-            (*values, task.id, task.lock_by),
+            " WHERE id = ? AND lock_by = ? AND attempts = ? AND status IN ('Queued', 'Running')",
+            (*values, task.id, task.lock_by, task.attempts),
         )
         await db.commit()
     return cursor.rowcount == 1
@@ -205,7 +210,9 @@ async def get(db: aiosqlite.Connection, config: Config, task_id: TaskId) -> Task
     return _task(rows[0]) if rows else None
 
 
-async def open_backend(path: Path | str, config: Config | None = None) -> CustomBackend:
+async def open_backend(
+    path: Path | str, config: Config | None = None, *, queue: str = "default"
+) -> CustomBackend:
     """Open the database and build the backend around it."""
     db = await aiosqlite.connect(path)
     await db.executescript(SCHEMA)
@@ -218,6 +225,7 @@ async def open_backend(path: Path | str, config: Config | None = None) -> Custom
         .release(release)
         .getter(get)
         .declare(Capability.DELAY, Capability.PRIORITY, Capability.RETRY)
+        .queue(queue)
         .build()
     )
 

@@ -94,9 +94,11 @@ class Ledger:
 
     def claimed(self, reserved: int, tasks: Iterable[Task[Any]]) -> None:
         """Record tasks a fetcher claimed against ``reserved`` slots (0 if it reserved none)."""
-        in_transit = self.in_transit
+        in_transit, dropped = self.in_transit, self.dropped_ids
         for task in tasks:
             in_transit[task.id] = task
+            if dropped:
+                dropped.discard(task.id)  # claimed afresh: this copy is live
         if reserved:
             self._reserved -= reserved
             if self._reserved == 0:

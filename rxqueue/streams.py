@@ -131,7 +131,10 @@ def poll(
                 if tasks:
                     delay = interval
                     on_next = observer.on_next
-                    for task in tasks:
+                    for index, task in enumerate(tasks):
+                        if disposed:  # an error downstream ended the subscription
+                            demand.dropped(tasks[index:])
+                            return
                         on_next(task)
                     continue
                 observer.on_next(None)

@@ -79,7 +79,7 @@ async def _custom(kit: BackendKit, *, clock: Clock, queue: str, **options: Any) 
     from examples.custom_sqlite_backend import Config, open_backend
 
     path = kit.folder / f"custom-{kit.serial()}.db"
-    backend = await open_backend(path, Config(batch_size=10, poll_interval=0.002))
+    backend = await open_backend(path, Config(batch_size=10, poll_interval=0.002), queue=queue)
     backend.clock = clock
     kit.cleanups.append(backend.db.close)
     return backend

@@ -246,7 +246,7 @@ async def test_hot_statements_use_their_indexes(backend: SqliteBackend, path: Pa
         assert "SCAN tasks" not in claim
         assert "tasks_ready" in plan(conn, sqlite_module._ANY_READY, ("default", T0))
         assert "tasks_ready" in plan(conn, sqlite_module._HAS_WORK, ("default", T0))
-        ack = plan(conn, sqlite_module._DONE, (None, T0, "id", "w"))
+        ack = plan(conn, sqlite_module._DONE, (None, T0, "id", "w", 0))
         assert "USING INDEX sqlite_autoindex_tasks_1 (id=?)" in ack
         params = {"queue": "default", "now": T0, "lease": 1.0, "name": "w", "reason": ""}
         assert "tasks_leases" in plan(conn, sqlite_module._EXPIRED_HOLDERS, params)

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from rxqueue import (
     BuildError,
+    Done,
     HandlerTimeout,
     MemoryBackend,
     Monitor,
@@ -540,3 +541,114 @@ async def test_an_interrupted_last_attempt_kills_the_task() -> None:
     summary = await stop_once_started(backend, handle, started)
     task = await backend.get(task_id)
     assert summary.killed == 1 and task is not None and task.status is Status.KILLED
+
+
+# --- the end of a run: every outcome recorded, or reported --------------------------------
+
+
+def _slow_acker_backend(delay: float, fail: BaseException | None = None) -> tuple[Any, list[Any]]:
+    """A BackendBuilder backend whose acker awaits, as every networked store's does."""
+    from rxqueue import BackendBuilder
+
+    rows: list[Task[Any]] = []
+    acks: list[Any] = []
+    calls = {"n": 0}
+
+    def fetcher(db: Any, cfg: Any, worker: Any) -> Any:
+        async def fetch() -> Any:
+            while db:
+                yield db.pop(0)
+
+        return fetch()
+
+    async def sink(task: Task[Any]) -> None:
+        rows.append(task)
+
+    async def ack(db: Any, cfg: Any, task: Task[Any], outcome: Any) -> None:
+        calls["n"] += 1
+        await asyncio.sleep(delay)
+        if fail is not None:
+            raise fail
+        acks.append((task.id, outcome))
+
+    backend = (
+        BackendBuilder().database(rows).fetcher(fetcher).sink(lambda db, cfg: sink).ack(ack).build()
+    )
+    return backend, [acks, calls]
+
+
+async def test_a_run_ends_with_a_complete_flush_even_with_a_slow_acker() -> None:
+    backend, (acks, _) = _slow_acker_backend(0.05)
+    await backend.push_many([{"n": n} for n in range(10)])
+
+    async def handle(job: dict[str, int]) -> None:
+        if job["n"] == 9:
+            await asyncio.sleep(0.06)  # the last one finishes while a flush is in flight
+
+    worker = WorkerBuilder("w").backend(backend).concurrency(4).build(handle)
+    summary = await worker.run(handle_signals=False)  # the fetcher ends: the run ends
+    done = [outcome for _, outcome in acks if isinstance(outcome, Done)]
+    assert summary.done == len(done) == 10
+
+
+async def test_a_cancelled_run_still_records_every_outcome() -> None:
+    backend, (acks, _) = _slow_acker_backend(0.05)
+    await backend.push_many([{"n": n} for n in range(5)])
+    finished = asyncio.Event()
+    count = 0
+
+    async def handle(job: dict[str, int]) -> None:
+        nonlocal count
+        count += 1
+        if count == 5:
+            finished.set()
+        await asyncio.sleep(0)
+
+    worker = WorkerBuilder("w").backend(backend).build(handle)
+    running = asyncio.create_task(worker.run(handle_signals=False))
+    await finished.wait()
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert len([o for _, o in acks if isinstance(o, Done)]) == 5
+
+
+async def test_a_permanent_ack_error_is_reported_once_and_counted_as_lost() -> None:
+    from rxqueue import BackendError, BackendUnavailable
+
+    for error, expected_calls in ((BackendError("read-only"), 1), (BackendUnavailable("busy"), 4)):
+        backend, (_, calls) = _slow_acker_backend(0.0, fail=error)
+        await backend.push({"n": 1})
+        worker = WorkerBuilder("w").backend(backend).build(lambda job: None)
+        seen: list[events.Event] = []
+        worker.events.subscribe(on_next=seen.append)
+        summary = await worker.run(handle_signals=False)
+        errors = [event for event in seen if isinstance(event, events.AckError)]
+        assert calls["n"] == expected_calls  # transient errors are retried, permanent not
+        assert (summary.done, summary.lost) == (0, 1)
+        assert len(errors) == 1 and type(error).__name__ in errors[0].error
+
+
+async def test_one_running_attempt_can_be_cancelled_and_its_consumer_goes_on() -> None:
+    backend = memory()
+    slow = await backend.push({"n": 0})
+    await backend.push_many([{"n": n} for n in range(1, 4)])
+    started = asyncio.Event()
+    seen: list[int] = []
+
+    async def handle(job: dict[str, int], ctx: TaskContext) -> None:
+        if job["n"] == 0:
+            started.set()
+            await asyncio.sleep(60)
+        seen.append(job["n"])
+
+    worker = WorkerBuilder("w").backend(backend).build(handle)  # concurrency 1
+    running = asyncio.create_task(worker.run_until_idle())
+    async with asyncio.timeout(10):
+        await started.wait()
+        assert worker.cancel(slow, "user asked") is True
+        assert worker.cancel("not-running", "x") is False
+        summary = await running
+    assert seen == [1, 2, 3] and (summary.done, summary.killed) == (3, 1)
+    task = await backend.get(slow)
+    assert task is not None and task.last_error == "cancelled: user asked"

@@ -126,10 +126,10 @@ class Backend(ABC):
         """Prepare the store (schema, pools, listeners); called on first use and by
         ``async with``. Idempotent."""
         life = self._life
-        if life.opened:
-            return self
         if life.closed:
             raise BackendClosed(f"{self!r} is closed; open a new backend")
+        if life.opened:
+            return self
         if life.lock is None:
             life.lock = asyncio.Lock()
         async with life.lock:
@@ -348,8 +348,10 @@ class Backend(ABC):
 
     @abstractmethod
     async def report(self, batch: AckBatch) -> Sequence[TaskId]:
-        """Apply one ack batch in one transaction, only to tasks ``batch.worker`` still
-        holds; return the ids whose updates were refused (the lease was lost)."""
+        """Apply one ack batch in one transaction, in order, only to tasks ``batch.worker``
+        still holds *from the same claim* (``lock_by`` is the worker and ``attempts``
+        is the claimed snapshot's: a task reclaimed and claimed again is a new claim);
+        return the ids whose updates were refused (the lease was lost)."""
 
     async def release(self, tasks: Sequence[Task[Any]], worker: str) -> None:
         """Hand claimed-but-unstarted tasks back to the store, attempts unchanged."""

@@ -34,7 +34,7 @@ from rxqueue.backends.base import Backend, Capability
 from rxqueue.clock import Clock, system_clock
 from rxqueue.codec import DEFAULT_CODEC, Codec
 from rxqueue.demand import Demand
-from rxqueue.errors import BackendError, BuildError, WorkerError
+from rxqueue.errors import BackendError, BuildError, RxQueueError, WorkerError
 from rxqueue.streams import from_async_iterable
 from rxqueue.task import (
     DEFAULT_MAX_ATTEMPTS,
@@ -257,6 +257,8 @@ class CustomBackend(Backend):
                 result = write(task.evolve(args=payload))
                 if inspect.isawaitable(result):
                     await result
+            except RxQueueError:
+                raise  # the sink's own answer (TaskExists, ...) stands
             except Exception as exc:
                 raise BackendError(f"the sink failed to store task {task.id}: {exc}") from exc
         self._local().doorbell.notify()

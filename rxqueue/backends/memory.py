@@ -183,8 +183,13 @@ class MemoryBackend(Backend):
 
     def _held(self, task: Task[Any], worker: str) -> _Row | None:
         row = self._rows.get(task.id)
-        if row is None or row.lock_by != worker or row.status not in ACTIVE:
-            return None  # lease lost: another worker owns this task now
+        if (
+            row is None
+            or row.lock_by != worker
+            or row.attempts != task.attempts
+            or row.status not in ACTIVE
+        ):
+            return None  # lease lost: reclaimed (and maybe claimed again) since
         return row
 
     async def report(self, batch: AckBatch) -> list[TaskId]:

@@ -99,7 +99,7 @@ VALUES (?, ?, ?, 'Pending', ?, ?, ?, ?, ?, ?, ?)
 """
 
 # Acks apply only while the acking worker still holds the lease.
-_HELD = f"WHERE id = ? AND lock_by = ? AND {_ACTIVE}"
+_HELD = f"WHERE id = ? AND lock_by = ? AND attempts = ? AND {_ACTIVE}"  # this very claim
 _UNLOCK = "attempts = attempts + 1, lock_by = NULL, lock_at = NULL"
 _STARTED = f"UPDATE tasks SET status = 'Running' {_HELD}"
 _DONE = f"UPDATE tasks SET status = 'Done', {_UNLOCK}, result = ?, done_at = ? {_HELD}"
@@ -244,10 +244,10 @@ def _apply_acks(conn: sqlite3.Connection, batch: AckBatch, now: float) -> list[T
     worker = batch.worker
     refused: list[TaskId] = []
     for statement, rows in (
-        (_STARTED, [(task.id, worker) for task in batch.started]),
-        (_DONE, [(result, now, task.id, worker) for task, result in batch.done]),
-        (_RETRY, [(r.at, r.error, task.id, worker) for task, r in batch.retried]),
-        (_KILLED, [(k.error, now, task.id, worker) for task, k in batch.killed]),
+        (_STARTED, [(task.id, worker, task.attempts) for task in batch.started]),
+        (_DONE, [(result, now, task.id, worker, task.attempts) for task, result in batch.done]),
+        (_RETRY, [(r.at, r.error, task.id, worker, task.attempts) for task, r in batch.retried]),
+        (_KILLED, [(k.error, now, task.id, worker, task.attempts) for task, k in batch.killed]),
     ):
         if not rows:
             continue
@@ -258,7 +258,7 @@ def _apply_acks(conn: sqlite3.Connection, batch: AckBatch, now: float) -> list[T
             conn.execute("ROLLBACK TO acks")
             for row in rows:
                 if conn.execute(statement, row).rowcount == 0:
-                    refused.append(row[-2])
+                    refused.append(row[-3])
         conn.execute("RELEASE acks")
     return refused
 
@@ -430,7 +430,7 @@ class SqliteBackend(Backend):
                 try:
                     tasks.append(_CLAIMED(row))
                 except (ValueError, TypeError) as exc:
-                    corrupt.append((f"corrupt task row: {exc}", now, row[0], worker))
+                    corrupt.append((f"corrupt task row: {exc}", now, row[0], worker, row[4]))
             if corrupt:
                 conn.executemany(_KILLED, corrupt)
             tasks.sort(key=_claim_order)

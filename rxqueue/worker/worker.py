@@ -14,7 +14,7 @@ import contextlib
 import signal
 import threading
 import types
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -142,6 +142,7 @@ class Worker:
         self._events: Subject[ev.Event] = Subject()
         self._running = False
         self._stop_requested: asyncio.Event | None = None
+        self._run: _Run | None = None
 
     # --- public face -------------------------------------------------------------------
 
@@ -166,6 +167,13 @@ class Worker:
         """Ask a running worker to stop: no new claims; running handlers may finish."""
         if self._stop_requested is not None:
             self._stop_requested.set()
+
+    def cancel(self, task_id: TaskId, reason: str = "cancelled by request") -> bool:
+        """Cancel one running attempt in this worker: its handler sees ``CancelledError``
+        at its next await and the task ends Killed with ``reason``; the worker and its
+        other tasks go on. False if the task is not running here."""
+        run = self._run
+        return run is not None and run.cancel_attempt(task_id, reason)
 
     async def run(self, *, handle_signals: bool = True) -> ev.RunSummary:
         """Run until :meth:`stop`, SIGINT/SIGTERM, or the fetcher completes."""
@@ -248,11 +256,13 @@ class _Run:
             raise WorkerError(f"worker {worker.name!r} is already running")
         worker._running = True
         worker._stop_requested = self.stop
+        worker._run = self
         try:
             summary = await self._execute()
         finally:
             worker._running = False
             worker._stop_requested = None
+            worker._run = None
             self.ended.set()
         if self.interrupt is not None:
             raise self.interrupt
@@ -660,6 +670,8 @@ class _Run:
             sent = len(self.to_release)
             if self.to_release:
                 await self._release()
+                # What went back may be claimable: only a later empty claim means idle.
+                self.idle_marker = False
             updates = self.updates
             if self.started:
                 # Tasks still running at flush time are marked Running, once.
@@ -672,6 +684,8 @@ class _Run:
             refused = await self._apply(batch)
             if refused is not None:
                 self._count(batch, refused)
+            if batch.retried:
+                self.idle_marker = False
             return sent + len(updates)
 
     async def _apply(self, batch: AckBatch) -> Sequence[TaskId] | None:
@@ -691,19 +705,38 @@ class _Run:
         return None
 
     def _count(self, batch: AckBatch, refused: Sequence[TaskId]) -> None:
-        lost = set(refused)
-        self.done += sum(1 for task, _ in batch.done if task.id not in lost)
-        self.retried += sum(1 for task, _ in batch.retried if task.id not in lost)
-        self.killed += sum(1 for task, _ in batch.killed if task.id not in lost)
-        if lost:
-            finished = {task.id for task, _ in batch.done}
-            finished.update(task.id for task, _ in batch.retried)
-            finished.update(task.id for task, _ in batch.killed)
-            late = [task_id for task_id in refused if task_id in finished]
-            self.lost += len(late)
-            if self.worker._observed:
-                for task_id in refused:
-                    self.worker._emit(ev.LeaseLost(self.worker.name, task_id, task_id in finished))
+        """Count what the store recorded; refused updates are counted as lost."""
+        if not refused:
+            self.done += len(batch.done)
+            self.retried += len(batch.retried)
+            self.killed += len(batch.killed)
+            return
+        # Backends apply a batch in order, so of two updates for one task (a stale
+        # one from an earlier claim, then the current one) the first was refused.
+        pending = Counter(refused)
+
+        def recorded(entries: Sequence[tuple[Task[Any], Any]]) -> int:
+            count = 0
+            for task, _ in entries:
+                if pending[task.id]:
+                    pending[task.id] -= 1
+                    self.lost += 1
+                    self._emit_lease_lost(task.id, finished=True)
+                else:
+                    count += 1
+            return count
+
+        for task in batch.started:
+            if pending[task.id]:
+                pending[task.id] -= 1
+                self._emit_lease_lost(task.id, finished=False)
+        self.done += recorded(batch.done)
+        self.retried += recorded(batch.retried)
+        self.killed += recorded(batch.killed)
+
+    def _emit_lease_lost(self, task_id: TaskId, *, finished: bool) -> None:
+        if self.worker._observed:
+            self.worker._emit(ev.LeaseLost(self.worker.name, task_id, finished))
 
     async def _release(self) -> None:
         tasks, self.to_release = self.to_release, []
@@ -740,11 +773,7 @@ class _Run:
 
     async def _check_idle(self) -> None:
         try:
-            if await self._flush():
-                # What was just written (a retry due now, a release) may be claimable:
-                # only an empty claim after it says the queue is idle.
-                self.idle_marker = False
-                return
+            await self._flush()
             if self.buffer or self.in_flight or self.ctx.in_transit or not self.idle_marker:
                 return
             backend = self.worker.backend
