@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import pytest
 
 import rxqueue
-from rxqueue import ManualClock, Status, TaskContext, WorkerBuilder
+from rxqueue import ManualClock, Status, TaskContext, WorkerBuilder, ops
 from rxqueue.errors import (
     BackendError,
     BackendUnavailable,
@@ -655,6 +655,52 @@ async def test_lost_pool_connections_are_transient(schema: str) -> None:
                 outcomes.append("ok")
                 assert stats[Status.PENDING] == 1
         assert outcomes[-1] == "ok"
+
+
+async def test_workers_survive_every_connection_being_terminated_twice(schema: str) -> None:
+    """Every rxqueue connection (found by application_name) is terminated twice
+    while a worker runs: it reconnects (the fetcher through ops.retry) and every
+    task ends Done."""
+    name = f"fault-{uuid.uuid4().hex[:8]}"
+    backend = PostgresBackend(
+        URL, schema=schema, worker_name=name, poll_interval=0.005, max_poll_interval=0.05
+    )
+    runs: Counter[str] = Counter()
+    marks = {500: asyncio.Event(), 1500: asyncio.Event()}
+    problems: list[Any] = []
+
+    async def handle(job: int, ctx: TaskContext) -> None:
+        runs[ctx.task_id] += 1
+        if sum(runs.values()) in marks:
+            marks[sum(runs.values())].set()
+        await asyncio.sleep(0.0005)
+
+    def on_event(event: Any) -> None:
+        if isinstance(event, rxqueue.events.FetcherError | rxqueue.events.AckError):
+            problems.append(event)
+
+    try:
+        ids = await backend.push_many(range(3000))
+        worker = WorkerBuilder("w").backend(backend.pipe(ops.retry())).concurrency(8).build(handle)
+        worker.events.subscribe(on_event)
+        running = asyncio.create_task(worker.run_until_idle())
+        async with asyncio.timeout(LIMIT):
+            for mark in marks.values():
+                await mark.wait()
+                killed = await sql(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = $1",
+                    f"rxqueue:{name}",
+                )
+                assert killed, "the worker's connections should have been found"
+            await running
+        stats = await backend.stats()
+    finally:
+        await backend.close()
+    assert stats[Status.DONE] == 3000
+    assert set(runs) == set(ids)
+    for event in problems:  # reported as events, as lost connections
+        assert "BackendUnavailable" in event.error, event
 
 
 # --- a worker process killed mid-run -------------------------------------------------------
