@@ -703,6 +703,50 @@ async def test_workers_survive_every_connection_being_terminated_twice(schema: s
         assert "BackendUnavailable" in event.error, event
 
 
+# --- the stateful model, on PostgreSQL --------------------------------------------------------
+
+
+def _postgres_machine() -> type:
+    """The SQLite backend's hypothesis state machine (tests/test_sqlite_stateful.py),
+    run against a PostgresBackend in a schema of its own per example."""
+    from hypothesis import settings
+    from hypothesis.stateful import RuleBasedStateMachine
+
+    from tests import test_sqlite_stateful as stateful
+
+    class PostgresMachine(stateful.SqliteMachine):
+        def __init__(self) -> None:
+            RuleBasedStateMachine.__init__(self)
+            self.loop = asyncio.new_event_loop()
+            self.dir = Path(".")  # nothing on disk; the parent's teardown is not used
+            self.clock = ManualClock()
+            self.schema = f"t_{uuid.uuid4().hex[:12]}"
+            self.backend = PostgresBackend(  # type: ignore[assignment]
+                URL, schema=self.schema, clock=self.clock, lease_timeout=stateful.LEASE
+            )
+            self.tasks = {}
+            self.seen = {}
+            self.claimed = {name: [] for name in stateful.WORKERS}
+            for name in stateful.WORKERS:
+                self.run(self.backend.register_worker(name))
+                self.seen[name] = self.clock()
+
+        def teardown(self) -> None:
+            try:
+                self.run(self.backend.close())
+                self.run(sql(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE'))
+            finally:
+                self.loop.close()
+
+    PostgresMachine.TestCase.settings = settings(
+        max_examples=25, stateful_step_count=30, deadline=None
+    )
+    return PostgresMachine
+
+
+TestPostgresMachine = _postgres_machine().TestCase
+
+
 # --- a worker process killed mid-run -------------------------------------------------------
 
 DOOMED = r"""

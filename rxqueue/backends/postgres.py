@@ -951,10 +951,13 @@ class PostgresBackend(Backend):
             self.done_channel,
         )
         applied = {row[0] for row in rows}
-        wanted = dict.fromkeys(started)
-        wanted.update(dict.fromkeys(task.id for task in batch.started))
-        wanted.update(dict.fromkeys(outcome_ids))
-        refused = [task_id for task_id in wanted if task_id not in applied]
+        # In apply order (started, done, retried, killed; batch order within a kind),
+        # each id once: a task started and finished here is refused if its outcome was.
+        order = [task.id for task in batch.started]
+        order += [task.id for task, _ in batch.done]
+        order += [task.id for task, _ in batch.retried]
+        order += [task.id for task, _ in batch.killed]
+        refused = [task_id for task_id in dict.fromkeys(order) if task_id not in applied]
         local = self._local()
         if ready_now:
             local.doorbell.notify()
