@@ -749,12 +749,16 @@ TestPostgresMachine = _postgres_machine().TestCase
 
 # --- a worker process killed mid-run -------------------------------------------------------
 
-DOOMED = r"""
+# A worker process: URL SCHEMA RUNS NAME PROGRESS DELAY. Prints "ready", waits for a
+# line on stdin (so several start together), works until idle, prints "done"; after
+# PROGRESS runs it prints "progress" (the cue to kill it).
+WORKER = r"""
 import asyncio, os, sys
 from rxqueue import TaskContext, WorkerBuilder
 from rxqueue.backends.postgres import PostgresBackend
 
-url, schema, runs_path, progress = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+url, schema, runs_path, name = sys.argv[1:5]
+progress, delay = int(sys.argv[5]), float(sys.argv[6])
 
 async def main() -> None:
     runs = os.open(runs_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -766,13 +770,14 @@ async def main() -> None:
         count += 1
         if count == progress:
             print("progress", flush=True)
-        await asyncio.sleep(0.002)
+        if delay:
+            await asyncio.sleep(delay)
 
-    async with PostgresBackend(url, schema=schema, worker_name="doomed") as backend:
+    async with PostgresBackend(url, schema=schema, worker_name=name) as backend:
         await backend.stats()
         print("ready", flush=True)
         await asyncio.to_thread(sys.stdin.readline)
-        worker = WorkerBuilder("doomed").backend(backend).concurrency(8).build(handler)
+        worker = WorkerBuilder(name).backend(backend).concurrency(8).build(handler)
         await worker.run_until_idle()
     print("done", flush=True)
 
@@ -790,7 +795,7 @@ def test_a_sigkilled_worker_process_loses_nothing(schema: str, tmp_path: Path) -
 
     ids = in_thread(fill())
     proc = subprocess.Popen(
-        [sys.executable, "-c", DOOMED, URL, schema, str(runs), "300"],
+        [sys.executable, "-c", WORKER, URL, schema, str(runs), "doomed", "300", "0.002"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env(),
     )  # fmt: skip
     try:
@@ -835,3 +840,44 @@ def test_a_sigkilled_worker_process_loses_nothing(schema: str, tmp_path: Path) -
     twice = {task_id for task_id, n in counts.items() if n > 1}
     assert twice <= in_flight  # only tasks in flight at the kill ran again
     assert all(n <= 2 for n in counts.values())
+
+
+@pytest.mark.slow
+def test_four_worker_processes_run_each_of_20000_tasks_once(schema: str, tmp_path: Path) -> None:
+    async def fill() -> list[str]:
+        async with PostgresBackend(URL, schema=schema) as b:
+            return await b.push_many(range(20_000))
+
+    ids = in_thread(fill())
+    runs = [tmp_path / f"runs-{n}.txt" for n in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, URL, schema, str(path), f"w{n}", "0", "0"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env(),
+        )
+        for n, path in enumerate(runs)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        outputs = [proc.communicate(timeout=60)[0] for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert [proc.returncode for proc in procs] == [0] * 4
+    assert all(out.split() == ["done"] for out in outputs)
+    per_process = [Counter(path.read_text().split()) for path in runs]
+    assert sum(1 for counts in per_process if counts) >= 2, "the work should have been shared"
+    counts = sum(per_process, Counter())
+    assert set(counts) == set(ids)
+    assert set(counts.values()) == {1}
+    rows = in_thread(sql(f'SELECT status, count(*) FROM "{schema}".tasks GROUP BY status'))
+    assert [tuple(row) for row in rows] == [("Done", 20_000)]
