@@ -461,6 +461,7 @@ class PostgresDoorbell:
         self._runner: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection | None = None
         self._listening = asyncio.Event()
+        self._lock = asyncio.Lock()  # one operation at a time on the connection
         self._users: set[int] = set()
         self._closed = False
         self.connections = 0  # connections made (tests watch reconnects)
@@ -507,9 +508,10 @@ class PostgresDoorbell:
             return
         self._handlers[channel] = handler
         conn = self._conn
-        if conn is not None and not conn.is_closed():
-            with contextlib.suppress(*_DRIVER_ERRORS):
-                await conn.add_listener(channel, self._on_notification)
+        if conn is not None and self._listening.is_set():  # else the setup will add it
+            async with self._lock:
+                with contextlib.suppress(*_DRIVER_ERRORS):  # lost: the reconnection adds it
+                    await conn.add_listener(channel, self._on_notification)
 
     def _rung(self, payload: str) -> None:
         self._event.set()
@@ -537,9 +539,13 @@ class PostgresDoorbell:
             lost = asyncio.Event()
             conn.add_termination_listener(lambda _, lost=lost: lost.set())
             try:
-                for channel in list(self._handlers):
-                    await conn.add_listener(channel, self._on_notification)
                 self._conn = conn
+                added: set[str] = set()
+                while pending := [name for name in self._handlers if name not in added]:
+                    async with self._lock:
+                        for channel in pending:  # listen() may add more meanwhile
+                            await conn.add_listener(channel, self._on_notification)
+                            added.add(channel)
                 self._listening.set()
                 pause = 0.05
                 self._event.set()  # a notification may have been missed: claim once
@@ -565,7 +571,8 @@ class PostgresDoorbell:
                     await lost.wait()
             if lost.is_set() or conn.is_closed():
                 return
-            await conn.execute("SELECT 1", timeout=min(10.0, self.check_after))
+            async with self._lock:
+                await conn.execute("SELECT 1", timeout=min(10.0, self.check_after))
 
     # --- users and teardown ------------------------------------------------------------------
 
@@ -716,7 +723,7 @@ class PostgresBackend(Backend):
                 **server.connect_options,
             )
         except _DRIVER_ERRORS as exc:
-            raise schema_module.translate(exc, where=server.where) from None
+            raise schema_module.translate(exc, where=server.where) from exc
         try:
             async with pool.acquire() as conn:
                 await schema_module.prepare(conn, schema=self.schema, where=server.where)
