@@ -30,6 +30,7 @@ import pytest
 import rxqueue
 from rxqueue import ManualClock, Status, TaskContext, WorkerBuilder, ops
 from rxqueue.errors import (
+    BackendClosed,
     BackendError,
     BackendUnavailable,
     InvalidOption,
@@ -633,6 +634,27 @@ async def test_a_missing_database_and_an_unknown_role_are_permanent() -> None:
         assert not isinstance(info.value, BackendUnavailable)
         assert expected in str(info.value) and "\n" not in str(info.value)
         await backend.close()
+
+
+async def test_a_closed_backend_refuses_work(schema: str) -> None:
+    backend = PostgresBackend(URL, schema=schema)
+    task_id = await backend.push("x")
+    await backend.close()
+    with pytest.raises(BackendClosed):
+        await backend.push("y")
+    with pytest.raises(BackendClosed):
+        await backend.report(rxqueue.acks.AckBatch("w", started=[rxqueue.Task(args=1)]))
+    with pytest.raises(BackendClosed):
+        await backend._claim("w", 1)
+    rows = await sql(f'SELECT id FROM "{schema}".tasks')
+    assert [row[0] for row in rows] == [task_id]
+    assert (
+        await sql(
+            "SELECT 1 FROM pg_stat_activity WHERE query LIKE $1 AND pid <> pg_backend_pid()",
+            f'%"{schema}"%',
+        )
+        == []
+    ), "close() leaves no connection behind"
 
 
 async def test_lost_pool_connections_are_transient(schema: str) -> None:
