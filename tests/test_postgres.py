@@ -267,9 +267,14 @@ async def test_foreign_tables_in_the_schema_are_refused(schema: str) -> None:
 # --- claiming --------------------------------------------------------------------------------
 
 
-async def explain(conn: Any, name: str, types: str, statement: str, args: str) -> str:
-    await conn.execute(f"PREPARE {name} ({types}) AS {statement}")
-    rows = await conn.fetch(f"EXPLAIN EXECUTE {name} ({args})")
+async def explain(conn: Any, name: str, statement: str, literals: dict[str, str]) -> str:
+    """The plan of ``statement`` prepared as ``name`` (under the session's
+    plan_cache_mode), each parameter given by the literal for its type (as asyncpg
+    names it: ``text[]``, ``float8``); a literal keyed ``"$n"`` sets one parameter."""
+    types = [param.name for param in (await conn.prepare(statement)).get_parameters()]
+    values = [literals.get(f"${n}", literals[kind]) for n, kind in enumerate(types, 1)]
+    await conn.execute(f"PREPARE {name} ({', '.join(types)}) AS {statement}")
+    rows = await conn.fetch(f"EXPLAIN EXECUTE {name} ({', '.join(values)})")
     return "\n".join(row[0] for row in rows)
 
 
@@ -289,34 +294,26 @@ async def test_claims_and_acks_use_their_indexes(backend: PostgresBackend, schem
             for mode in ("force_custom_plan", "force_generic_plan"):
                 await conn.execute(f"SET plan_cache_mode = {mode}")
                 name = f"{mode}_{analyzed}"
+                # Every array parameter holds the batch's ids: each kind's update
+                # is planned against 500 held tasks.
+                literals = {
+                    "text": "'w'", "text[]": f"'{ids}'", "bytea[]": "'{}'", "float8[]": "'{}'",
+                    "int4[]": "'{}'", "float8": f"{backend.clock()}", "bool": "false",
+                    "int4": "100", "int8": "100",
+                }  # fmt: skip
                 claim = await explain(
-                    conn,
-                    f"claim_{name}",
-                    "text, float8, text, int",
-                    backend._sql.claim,
-                    f"'x', {backend.clock()}, 'default', 100",
+                    conn, f"claim_{name}", backend._sql.claim, {**literals, "$3": "'default'"}
                 )
                 assert "Index Scan using tasks_ready" in claim, claim
                 assert "tasks_pkey" in claim, claim  # the update finds its rows by key
                 assert "Seq Scan" not in claim, claim
-                acks = await explain(
-                    conn,
-                    f"acks_{name}",
-                    "text, text[], text[], bytea[], text[], float8[], text[], text[], "
-                    "text[], float8, text, bool, text",
-                    backend._sql.acks,
-                    f"'w', '{ids}', '{ids}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', "
-                    "0.0, 'c', false, 'd'",
-                )
+                acks = await explain(conn, f"acks_{name}", backend._sql.acks, literals)
                 # Never a nested loop that filters every held task against every id
                 # of the batch (a generic plan did, with an index on lock_by).
                 assert "Join Filter" not in acks and "tasks_held" not in acks, acks
                 if mode == "force_generic_plan":  # blind to sizes: by key
                     assert "Seq Scan on tasks" not in acks, acks
-                release = await explain(
-                    conn, f"release_{name}", "text[], text, text", backend._sql.release,
-                    f"'{ids}', 'w', 'c'",
-                )  # fmt: skip
+                release = await explain(conn, f"release_{name}", backend._sql.release, literals)
                 assert "tasks_held" not in release, release
                 if mode == "force_generic_plan":
                     assert "tasks_pkey" in release, release
