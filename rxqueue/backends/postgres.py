@@ -160,34 +160,36 @@ SELECT NULL FROM (
 _ACKS: Final = f"""
 WITH started AS (
     UPDATE {{s}}.tasks AS t SET status = 'Running'
-    WHERE t.id = ANY($2::text[]) AND {_HELD}
-    RETURNING t.id
+    FROM unnest($2::text[], $14::int[]) AS a(id, attempts)
+    WHERE t.id = a.id AND t.attempts = a.attempts AND {_HELD}
+    RETURNING t.id, a.attempts
 ), done AS (
     UPDATE {{s}}.tasks AS t SET status = 'Done', {_UNLOCK}, result = a.result, done_at = $10
-    FROM unnest($3::text[], $4::bytea[]) AS a(id, result)
-    WHERE t.id = a.id AND {_HELD}
-    RETURNING t.id
+    FROM unnest($3::text[], $4::bytea[], $15::int[]) AS a(id, result, attempts)
+    WHERE t.id = a.id AND t.attempts = a.attempts AND {_HELD}
+    RETURNING t.id, a.attempts
 ), retried AS (
     UPDATE {{s}}.tasks AS t SET status = 'Failed', {_UNLOCK}, run_at = a.run_at,
         last_error = a.error
-    FROM unnest($5::text[], $6::float8[], $7::text[]) AS a(id, run_at, error)
-    WHERE t.id = a.id AND {_HELD}
-    RETURNING t.id
+    FROM unnest($5::text[], $6::float8[], $7::text[], $16::int[])
+        AS a(id, run_at, error, attempts)
+    WHERE t.id = a.id AND t.attempts = a.attempts AND {_HELD}
+    RETURNING t.id, a.attempts
 ), killed AS (
     UPDATE {{s}}.tasks AS t SET status = 'Killed', {_UNLOCK}, last_error = a.error,
         done_at = $10
-    FROM unnest($8::text[], $9::text[]) AS a(id, error)
-    WHERE t.id = a.id AND {_HELD}
-    RETURNING t.id
+    FROM unnest($8::text[], $9::text[], $17::int[]) AS a(id, error, attempts)
+    WHERE t.id = a.id AND t.attempts = a.attempts AND {_HELD}
+    RETURNING t.id, a.attempts
 ), finished AS (
-    SELECT id FROM done UNION ALL SELECT id FROM killed
+    SELECT id, attempts FROM done UNION ALL SELECT id, attempts FROM killed
 )
-SELECT id FROM started
-UNION ALL SELECT id FROM finished
-UNION ALL SELECT id FROM retried
-UNION ALL SELECT NULL FROM (SELECT pg_notify($11, '')) AS n
+SELECT id, attempts FROM started
+UNION ALL SELECT id, attempts FROM finished
+UNION ALL SELECT id, attempts FROM retried
+UNION ALL SELECT NULL, NULL FROM (SELECT pg_notify($11, '')) AS n
           WHERE $12 AND EXISTS (SELECT 1 FROM retried)
-UNION ALL {_WAKE_WAITERS.format(s="{s}", done="$13", finished="finished")}
+UNION ALL SELECT NULL, NULL FROM ({_WAKE_WAITERS.format(s="{s}", done="$13", finished="finished")}) AS w
 """
 _RELEASE: Final = f"""
 WITH released AS (
@@ -956,15 +958,20 @@ class PostgresBackend(Backend):
             self.channel,
             ready_now,
             self.done_channel,
+            [task.attempts for task in batch.started if task.id not in outcome_ids],
+            [task.attempts for task, _ in batch.done],
+            [task.attempts for task, _ in batch.retried],
+            [task.attempts for task, _ in batch.killed],
         )
-        applied = {row[0] for row in rows}
+        # An update applies to its own claim only: (id, attempts) is the claim token.
+        applied = {(row[0], row[1]) for row in rows if row[0] is not None}
         # In apply order (started, done, retried, killed; batch order within a kind),
-        # each id once: a task started and finished here is refused if its outcome was.
-        order = [task.id for task in batch.started]
-        order += [task.id for task, _ in batch.done]
-        order += [task.id for task, _ in batch.retried]
-        order += [task.id for task, _ in batch.killed]
-        refused = [task_id for task_id in dict.fromkeys(order) if task_id not in applied]
+        # each claim once: a task started and finished here is refused if its outcome was.
+        order = [(task.id, task.attempts) for task in batch.started]
+        order += [(task.id, task.attempts) for task, _ in batch.done]
+        order += [(task.id, task.attempts) for task, _ in batch.retried]
+        order += [(task.id, task.attempts) for task, _ in batch.killed]
+        refused = [claim[0] for claim in dict.fromkeys(order) if claim not in applied]
         local = self._local()
         if ready_now:
             local.doorbell.notify()
