@@ -189,7 +189,9 @@ UNION ALL SELECT id, attempts FROM finished
 UNION ALL SELECT id, attempts FROM retried
 UNION ALL SELECT NULL, NULL FROM (SELECT pg_notify($11, '')) AS n
           WHERE $12 AND EXISTS (SELECT 1 FROM retried)
-UNION ALL SELECT NULL, NULL FROM ({_WAKE_WAITERS.format(s="{s}", done="$13", finished="finished")}) AS w
+UNION ALL SELECT NULL, NULL FROM (
+    {_WAKE_WAITERS.format(s="{s}", done="$13", finished="finished")}
+) AS w
 """
 _RELEASE: Final = f"""
 WITH released AS (
