@@ -313,16 +313,29 @@ async def test_a_late_outcome_after_a_lost_lease_is_reported(kit: BackendKit) ->
     worker.events.subscribe(
         on_next=lambda e: lost.append(e) if isinstance(e, events.LeaseLost) else None
     )
+    marked = asyncio.Event()
+    report = backend.report
+
+    async def spying_report(batch: Any) -> Any:
+        refused = await report(batch)
+        if batch.started:
+            marked.set()
+        return refused
+
+    backend.report = spying_report  # type: ignore[method-assign]
     running = asyncio.create_task(run_idle(worker))
     async with asyncio.timeout(RUN_LIMIT):
         await started.wait()
+        await marked.wait()  # its Running mark is written: the row is not mid-update
     # As if the handler blocked the loop past the lease: no heartbeat, reclaimed.
     clock.advance(31)
     assert await backend.reclaim() == 1
+    await backend.heartbeat("w")  # the loop unblocks: the worker's heartbeat resumes
     proceed.set()
     summary = await running
-    assert summary.done == 1 and summary.lost >= 1  # its second run, here, is recorded
-    assert any(event.finished for event in lost)
+    # The late outcome is refused, said and counted; its second run, here, is recorded.
+    assert (summary.lost, summary.done) == (1, 1)
+    assert [event.finished for event in lost if event.finished] == [True]
 
 
 async def test_layers_apply_to_batch_handlers(kit: BackendKit) -> None:

@@ -14,7 +14,7 @@ import contextlib
 import signal
 import threading
 import types
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -680,12 +680,13 @@ class _Run:
             if not updates:
                 return sent
             self.updates = []
-            batch = AckBatch.of(self.worker.name, updates)
-            refused = await self._apply(batch)
-            if refused is not None:
-                self._count(batch, refused)
-            if batch.retried:
-                self.idle_marker = False
+            for chunk in _one_update_per_task(updates):
+                batch = AckBatch.of(self.worker.name, chunk)
+                refused = await self._apply(batch)
+                if refused is not None:
+                    self._count(batch, refused)
+                if batch.retried:
+                    self.idle_marker = False
             return sent + len(updates)
 
     async def _apply(self, batch: AckBatch) -> Sequence[TaskId] | None:
@@ -705,34 +706,22 @@ class _Run:
         return None
 
     def _count(self, batch: AckBatch, refused: Sequence[TaskId]) -> None:
-        """Count what the store recorded; refused updates are counted as lost."""
-        if not refused:
-            self.done += len(batch.done)
-            self.retried += len(batch.retried)
-            self.killed += len(batch.killed)
-            return
-        # Backends apply a batch in order, so of two updates for one task (a stale
-        # one from an earlier claim, then the current one) the first was refused.
-        pending = Counter(refused)
-
-        def recorded(entries: Sequence[tuple[Task[Any], Any]]) -> int:
-            count = 0
-            for task, _ in entries:
-                if pending[task.id]:
-                    pending[task.id] -= 1
-                    self.lost += 1
-                    self._emit_lease_lost(task.id, finished=True)
-                else:
-                    count += 1
-            return count
-
-        for task in batch.started:
-            if pending[task.id]:
-                pending[task.id] -= 1
-                self._emit_lease_lost(task.id, finished=False)
-        self.done += recorded(batch.done)
-        self.retried += recorded(batch.retried)
-        self.killed += recorded(batch.killed)
+        """Count what the store recorded; a refused outcome is lost, and said so."""
+        lost = set(refused)
+        if lost:
+            for task in batch.started:
+                if task.id in lost:
+                    self._emit_lease_lost(task.id, finished=False)
+        for entries, kind in ((batch.done, "done"), (batch.retried, "retried"),
+                              (batch.killed, "killed")):  # fmt: skip
+            recorded = len(entries)
+            if lost:
+                for task, _ in entries:
+                    if task.id in lost:
+                        recorded -= 1
+                        self.lost += 1
+                        self._emit_lease_lost(task.id, finished=True)
+            setattr(self, kind, getattr(self, kind) + recorded)
 
     def _emit_lease_lost(self, task_id: TaskId, *, finished: bool) -> None:
         if self.worker._observed:
@@ -787,6 +776,26 @@ class _Run:
             self._report_ack_error(exc, 0)
         finally:
             self.idle_check = None
+
+
+def _one_update_per_task(
+    updates: list[tuple[Task[Any], Update]],
+) -> list[list[tuple[Task[Any], Update]]]:
+    """Split ``updates`` so that no batch holds two for one task, keeping their order.
+
+    Two happen only after a lost lease (a late outcome, then the task's next claim
+    here); apart, the ids a store refuses name exactly one update each.
+    """
+    chunks: list[list[tuple[Task[Any], Update]]] = [[]]
+    seen: set[TaskId] = set()
+    for entry in updates:
+        task_id = entry[0].id
+        if task_id in seen:
+            chunks.append([])
+            seen.clear()
+        seen.add(task_id)
+        chunks[-1].append(entry)
+    return chunks
 
 
 def _skip_dropped(dropped: set[TaskId], task: Task[Any]) -> bool:
