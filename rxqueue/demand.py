@@ -29,6 +29,11 @@ class Demand(Protocol):
     @property
     def free_capacity(self) -> int: ...
 
+    @property
+    def claim_size(self) -> int:
+        """How many tasks the next claim should ask for (at most ``prefetch``)."""
+        ...
+
     def reserve(self, wanted: int) -> int: ...
 
     def claimed(self, reserved: int, tasks: Iterable[Task[Any]]) -> None: ...
@@ -57,10 +62,16 @@ class Ledger:
         *,
         prefetch: int,
         clock: Clock,
+        window: int | None = None,
         on_dropped: Callable[[list[Task[Any]]], None] | None = None,
     ) -> None:
         self.name = name
-        self.prefetch = prefetch
+        self.prefetch = prefetch  # the bound: never more claimed-but-unstarted than this
+        # The claim window adapts between its start and ``prefetch``: it doubles when
+        # a full claim finds the worker run dry (handlers outpace claims) and halves
+        # when the store runs short. Without ``window`` it is fixed at ``prefetch``.
+        self.window = min(window or prefetch, prefetch)
+        self._smallest_window = self.window
         self.clock = clock
         self.in_transit: dict[TaskId, Task[Any]] = {}
         # Dropped tasks that an operator may still emit late: the worker skips them.
@@ -79,7 +90,11 @@ class Ledger:
         """How many more tasks this worker may hold claimed-but-unstarted."""
         if self.stopping:
             return 0
-        return max(0, self.prefetch - self._reserved - len(self.in_transit) - self.buffered)
+        return max(0, self.window - self._reserved - len(self.in_transit) - self.buffered)
+
+    @property
+    def claim_size(self) -> int:
+        return self.window
 
     def reserve(self, wanted: int) -> int:
         """Reserve up to ``wanted`` slots before claiming; returns how many were granted.
@@ -95,14 +110,25 @@ class Ledger:
     def claimed(self, reserved: int, tasks: Iterable[Task[Any]]) -> None:
         """Record tasks a fetcher claimed against ``reserved`` slots (0 if it reserved none)."""
         in_transit, dropped = self.in_transit, self.dropped_ids
+        count = 0
         for task in tasks:
+            count += 1
             in_transit[task.id] = task
             if dropped:
                 dropped.discard(task.id)  # claimed afresh: this copy is live
+        if reserved and self._smallest_window < self.prefetch:
+            self._adapt(reserved, count)
         if reserved:
             self._reserved -= reserved
             if self._reserved == 0:
                 self._fetches_done.set()
+
+    def _adapt(self, reserved: int, count: int) -> None:
+        if count >= reserved and not self.buffered:
+            # A full claim and nothing left to start: claims are the bottleneck.
+            self.window = min(self.prefetch, self.window * 2)
+        elif count * 2 < reserved:
+            self.window = max(self._smallest_window, self.window // 2)
 
     def dropped(self, tasks: Iterable[Task[Any]]) -> None:
         """Claimed tasks that will never reach the worker: out of the ledger, back to the store."""

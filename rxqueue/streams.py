@@ -99,10 +99,6 @@ def poll(
             f"poll needs 0 < interval <= max_interval; got {interval=}, {max_interval=}"
         )
     doorbell: Doorbell = wakeup or Wakeup()
-    limit = batch_size or max(1, demand.prefetch)
-    # Claim again once half a batch is free: the next claim runs in the store
-    # while the worker still has tasks to start, instead of after it ran dry.
-    low_water = max(1, limit // 2)
 
     def subscribe(
         observer: abc.ObserverBase[Task[Any] | None], _: abc.SchedulerBase | None = None
@@ -112,6 +108,11 @@ def poll(
         async def run() -> None:
             delay = interval
             while not disposed:
+                # The claim size may adapt; claim again once half of it is free, so
+                # the next claim runs in the store while the worker still has tasks
+                # to start, instead of after it ran dry.
+                limit = min(batch_size, demand.claim_size) if batch_size else demand.claim_size
+                low_water = max(1, limit // 2)
                 if demand.free_capacity < low_water:
                     await demand.wait_for_capacity(low_water)
                     if disposed:

@@ -12,6 +12,8 @@ from rxqueue.worker.handler import inspect_handler
 from rxqueue.worker.layers import Layer
 from rxqueue.worker.worker import Worker, WorkerSettings
 
+DEFAULT_PREFETCH_CAP = 256  # adaptive claims grow no further than this by default
+
 
 class WorkerBuilder:
     """Collects a worker's parts; :meth:`build` checks them and makes the :class:`Worker`."""
@@ -47,7 +49,12 @@ class WorkerBuilder:
         return self
 
     def prefetch(self, n: int) -> Self:
-        """The most claimed-but-unstarted tasks held (default: concurrency x batch size)."""
+        """The most claimed-but-unstarted tasks held, and the size of every claim.
+
+        By default claims adapt: they start at concurrency x batch size and double
+        while fast handlers drain them, up to 16 times that, at most
+        :data:`DEFAULT_PREFETCH_CAP` (256) unless the start is larger already.
+        """
         self._prefetch = _count("prefetch", n)
         return self
 
@@ -95,13 +102,20 @@ class WorkerBuilder:
             )
         backend = self._backend
         spec = inspect_handler(handler, backend.codec)
-        prefetch = self._prefetch or self._concurrency * backend.batch_size_hint
+        base = self._concurrency * backend.batch_size_hint
+        window: int | None = None
+        if self._prefetch is not None:
+            prefetch = self._prefetch
+        else:
+            window = base
+            prefetch = max(base, min(DEFAULT_PREFETCH_CAP, 16 * base))
         heartbeat = float(
             self._heartbeat_interval or getattr(backend, "heartbeat_interval", None) or 10.0
         )
         settings = WorkerSettings(
             concurrency=self._concurrency,
             prefetch=prefetch,
+            window=window,
             shutdown_timeout=self._shutdown_timeout,
             heartbeat_interval=heartbeat,
             ack_batch=self._ack_batch,

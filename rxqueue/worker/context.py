@@ -28,10 +28,13 @@ class WorkerContext(Ledger):
         concurrency: int,
         prefetch: int,
         clock: Clock,
+        window: int | None = None,
         data: Mapping[type, Any] | None = None,
         on_dropped: Callable[[list[Task[Any]]], None] | None = None,
     ) -> None:
-        super().__init__(name, prefetch=prefetch, clock=clock, on_dropped=on_dropped)
+        super().__init__(
+            name, prefetch=prefetch, clock=clock, window=window, on_dropped=on_dropped
+        )
         self.concurrency = concurrency
         self._data: dict[type, Any] = dict(data or {})
 

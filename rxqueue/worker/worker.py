@@ -67,6 +67,7 @@ class WorkerSettings:
 
     concurrency: int = 1
     prefetch: int = 1  # the most claimed-but-unstarted tasks held
+    window: int | None = None  # adaptive claims start here (None: claims fill prefetch)
     shutdown_timeout: float = 30.0
     heartbeat_interval: float = 10.0
     ack_batch: int = 256  # flush outcomes every this many tasks...
@@ -243,6 +244,7 @@ class _Run:
             worker.name,
             concurrency=worker.settings.concurrency,
             prefetch=worker.settings.prefetch,
+            window=worker.settings.window,
             clock=worker.clock,
             data=worker._data,
             on_dropped=self._dropped,
