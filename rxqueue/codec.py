@@ -143,7 +143,7 @@ def _non_finite_attributes(instance: Any, path: str) -> tuple[float, str] | None
     return None
 
 
-def _identity(value: Any) -> Any:
+def identity(value: Any) -> Any:
     return value
 
 
@@ -158,7 +158,7 @@ def converter_for(tp: Any) -> Converter:
     time when a value does not fit.
     """
     if tp is Any or tp is inspect.Parameter.empty or tp is object:
-        return _identity
+        return identity
     origin = typing.get_origin(tp)
     if origin is typing.Annotated:
         return converter_for(typing.get_args(tp)[0])
@@ -181,12 +181,12 @@ def converter_for(tp: Any) -> Converter:
     if tp is float:
         return _scalar(float, (int, float), float)
     if tp in (str, int, bool, type(None)):
-        return _scalar(tp, (tp,), _identity)
+        return _scalar(tp, (tp,), identity)
     if isinstance(tp, type) and tp.__module__ != "builtins" and not issubclass(tp, enum.Enum):
         return _class_converter(tp)
     if isinstance(tp, type):
-        return _scalar(tp, (tp,), _identity)
-    return _identity
+        return _scalar(tp, (tp,), identity)
+    return identity
 
 
 def _is_typeddict(tp: Any) -> bool:
@@ -254,7 +254,7 @@ def _container_converter(tp: Any, origin: Any) -> Converter:
     args = typing.get_args(tp)
     kind = origin or tp
     if kind is dict:
-        value_convert = converter_for(args[1]) if len(args) == 2 else _identity
+        value_convert = converter_for(args[1]) if len(args) == 2 else identity
 
         def convert_dict(value: Any) -> Any:
             if not isinstance(value, dict):
@@ -262,7 +262,7 @@ def _container_converter(tp: Any, origin: Any) -> Converter:
             return {k: value_convert(v) for k, v in value.items()}
 
         return convert_dict
-    item_convert = converter_for(args[0]) if args else _identity
+    item_convert = converter_for(args[0]) if args else identity
     build: Callable[[Any], Any] = kind
 
     def convert_seq(value: Any) -> Any:

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rxqueue.codec import DEFAULT_CODEC, Codec, Converter, converter_for
+from rxqueue.codec import DEFAULT_CODEC, Codec, Converter, converter_for, identity
 from rxqueue.errors import BuildError
 from rxqueue.task import Task
 from rxqueue.worker.context import TaskContext
@@ -45,9 +45,12 @@ class HandlerSpec:
 
     def decode(self, task: Task[Any], convert: Converter | None = None) -> Any:
         args = task.args
-        if isinstance(args, bytes | bytearray | memoryview):
+        if type(args) is bytes:  # the usual case, checked first: this runs per task
+            args = self.codec.decode(args)
+        elif isinstance(args, bytearray | memoryview):
             args = self.codec.decode(bytes(args))
-        return (convert or self.convert)(args)
+        convert = convert or self.convert
+        return args if convert is identity else convert(args)
 
 
 def inspect_handler(handler: Callable[..., Any], codec: Codec = DEFAULT_CODEC) -> HandlerSpec:
