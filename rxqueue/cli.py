@@ -8,6 +8,8 @@
     rxqueue kill   sqlite:///tasks.db TASK_ID [--reason TEXT]
     rxqueue vacuum sqlite:///tasks.db --older-than 86400
     rxqueue worker sqlite:///tasks.db myapp.tasks:send_email --concurrency 8 [--burst]
+    rxqueue schema --sql [--schema rxqueue]     # PostgreSQL DDL, for your migration tool
+    rxqueue schema postgresql://user@host/db    # create or migrate that schema now
 
 The worker imports its handler from the current folder first, as uvicorn and
 celery do. Only ``push`` and ``worker`` create a missing SQLite file; the other
@@ -122,7 +124,38 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--name")
     worker.add_argument("--concurrency", type=_integer(1), default=1)
     worker.add_argument("--burst", action="store_true", help="stop once the queue is idle")
+    schema = commands.add_parser(
+        "schema",
+        help="print rxqueue's PostgreSQL DDL (--sql), or apply it to a database URL",
+        description="With --sql, print the DDL of rxqueue's PostgreSQL schema, for "
+        "migration tools; with a URL, create or migrate that database's schema now.",
+    )
+    schema.add_argument("url", nargs="?", help="postgresql://user@host:5432/db to migrate")
+    schema.add_argument("--sql", action="store_true", help="print the DDL, touch nothing")
+    schema.add_argument("--schema", default="rxqueue", help="PostgreSQL schema (default rxqueue)")
     return parser
+
+
+def _schema(args: argparse.Namespace) -> int:
+    """``rxqueue schema``: print the DDL, or open the backend (which migrates it)."""
+    if args.sql:
+        from rxqueue.backends._postgres_schema import schema_sql
+
+        try:
+            print(schema_sql(args.schema), end="")
+        except ValueError as exc:
+            raise SystemExit(f"rxqueue: {exc}") from exc
+        return 0
+    if not args.url:
+        raise SystemExit("rxqueue: give a postgresql:// URL to migrate, or --sql to print the DDL")
+
+    async def migrate() -> None:
+        async with connect(args.url, schema=args.schema):
+            pass
+
+    asyncio.run(migrate())
+    print(f"schema {args.schema!r} is up to date")
+    return 0
 
 
 # --- checks made before anything is opened ------------------------------------------------
@@ -355,6 +388,12 @@ async def _command(args: argparse.Namespace, handler: Callable[..., Any] | None)
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "schema":
+        try:
+            return _schema(args)
+        except (RxQueueError, ValueError) as exc:
+            print(f"rxqueue: {exc}", file=sys.stderr)
+            return 1
     # Every check that can fail runs before the backend opens: a bad invocation
     # must leave no file behind.
     handler = _load_handler(args.handler) if args.command == "worker" else None

@@ -307,3 +307,15 @@ def test_unknown_url_scheme_is_one_line(
     command, *rest = argv
     assert main([command, "mongodb://x", *rest]) == 1
     assert "rxqueue: unknown backend URL 'mongodb://x'" in one_line(capsys.readouterr().err)
+
+
+def test_schema_sql_prints_the_postgresql_ddl_and_touches_nothing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["schema", "--sql", "--schema", "billing"]) == 0
+    ddl = capsys.readouterr().out
+    assert ddl.startswith("-- rxqueue schema version") and 'CREATE TABLE "billing".tasks' in ddl
+    with pytest.raises(SystemExit, match="SQL identifier"):
+        main(["schema", "--sql", "--schema", "no spaces; drop"])
+    with pytest.raises(SystemExit, match="postgresql:// URL to migrate, or --sql"):
+        main(["schema"])
