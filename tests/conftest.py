@@ -85,6 +85,35 @@ async def _custom(kit: BackendKit, *, clock: Clock, queue: str, **options: Any) 
     return backend
 
 
+_UNREACHABLE: dict[str, str] = {}
+
+
+async def reachable_postgres() -> str:
+    """The test server's URL (``RXQUEUE_POSTGRES_URL``, default the local test database).
+
+    Checked once per session: if it cannot be reached the test is skipped, with the
+    reason, except under ``CI=true``, where a missing server is a failure.
+    """
+    import os
+
+    url = os.environ.get("RXQUEUE_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    if url not in _UNREACHABLE:
+        try:
+            import asyncpg
+
+            conn = await asyncpg.connect(url, timeout=5)
+            await conn.close()
+            _UNREACHABLE[url] = ""
+        except Exception as exc:
+            _UNREACHABLE[url] = f"{type(exc).__name__}: {exc}"
+    if _UNREACHABLE[url]:
+        reason = f"PostgreSQL not reachable at {url}: {_UNREACHABLE[url]}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return url
+
+
 @backend_factory("postgres")
 async def _postgres(kit: BackendKit, *, clock: Clock, queue: str, **options: Any) -> Backend:
     """A PostgresBackend in a schema of its own (``t_<hex>``), dropped after the test.
@@ -92,25 +121,9 @@ async def _postgres(kit: BackendKit, *, clock: Clock, queue: str, **options: Any
     The server (``RXQUEUE_POSTGRES_URL``, default the local test database) is
     checked once per session: unreachable, the test is skipped, or fails under CI.
     """
-    import os
     import uuid
 
-    url = os.environ.get("RXQUEUE_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-    cache: dict[str, str] = _postgres.__dict__.setdefault("unreachable", {})
-    if url not in cache:
-        try:
-            import asyncpg
-
-            conn = await asyncpg.connect(url, timeout=5)
-            await conn.close()
-            cache[url] = ""
-        except Exception as exc:
-            cache[url] = f"{type(exc).__name__}: {exc}"
-    if cache[url]:
-        reason = f"PostgreSQL not reachable at 127.0.0.1:5432: {cache[url]}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+    url = await reachable_postgres()
     import asyncpg
 
     from rxqueue.backends.postgres import PostgresBackend

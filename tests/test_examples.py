@@ -43,3 +43,25 @@ async def test_demo_completes_everything_without_failures(
     printed = capsys.readouterr().out
     assert table(printed)["done"] == 500
     assert "push -> start p99" in printed
+
+
+async def test_postgres_transactional_push_example(capsys: pytest.CaptureFixture[str]) -> None:
+    import uuid
+
+    import asyncpg
+
+    from examples import postgres_transactional_push
+    from tests.conftest import reachable_postgres
+
+    url = await reachable_postgres()
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    try:
+        await postgres_transactional_push.main(url, schema)
+    finally:
+        conn = await asyncpg.connect(url)
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await conn.close()
+    printed = capsys.readouterr().out
+    assert "welcome mail to ada@example.com" in printed
+    assert "bob@invalid" not in printed.replace("signup failed: bob@invalid", "")
+    assert "sent: 1" in printed
