@@ -45,12 +45,18 @@ from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
-import orjson
 from reactivex import Observable
 
 from rxqueue.acks import AckBatch
 from rxqueue.backends import _postgres_schema as schema_module
 from rxqueue.backends._postgres_schema import SCHEMA_VERSION, check_schema, schema_sql
+from rxqueue.backends._rows import (
+    COLUMN_NAMES,
+    claim_order,
+    metadata_json,
+    read_claimed,
+    read_shown,
+)
 from rxqueue.backends.base import ALL_CAPABILITIES, Backend, Capability
 from rxqueue.clock import Clock, system_clock
 from rxqueue.codec import DEFAULT_CODEC, Codec
@@ -74,7 +80,6 @@ from rxqueue.task import (
     TaskId,
     check_int,
     check_seconds,
-    task_reader,
 )
 
 __all__ = ["SCHEMA_VERSION", "PostgresBackend", "PostgresDoorbell", "schema_sql"]
@@ -83,12 +88,8 @@ __all__ = ["SCHEMA_VERSION", "PostgresBackend", "PostgresDoorbell", "schema_sql"
 # Templates: ``{s}`` is the quoted schema. asyncpg prepares and caches each statement
 # per connection, so a hot statement is parsed and planned once per connection.
 
-_COLUMN_NAMES: Final = (
-    "id", "queue", "args", "status", "attempts", "max_attempts", "priority", "run_at",
-    "created_at", "lock_by", "lock_at", "done_at", "last_error", "result", "metadata",
-)  # fmt: skip
-_COLUMNS: Final = ", ".join(_COLUMN_NAMES[:-1]) + ", metadata::text AS metadata"
-_T_COLUMNS: Final = ", ".join(f"t.{name}" for name in _COLUMN_NAMES[:-1]) + (
+_COLUMNS: Final = ", ".join(COLUMN_NAMES[:-1]) + ", metadata::text AS metadata"
+_T_COLUMNS: Final = ", ".join(f"t.{name}" for name in COLUMN_NAMES[:-1]) + (
     ", t.metadata::text AS metadata"
 )
 _READY: Final = "status IN ('Pending', 'Failed')"  # exactly the partial index's WHERE
@@ -316,58 +317,6 @@ _WAIT_OFF: Final = "DELETE FROM {s}.waiters WHERE task_id = $1 AND token = $2"
 
 
 # --- rows <-> tasks -----------------------------------------------------------------------
-
-
-def _payload(value: Any) -> bytes:
-    """The stored payload as bytes: a NULL written by another tool still reaches the
-    worker, whose decoding then kills that task."""
-    if isinstance(value, bytes):
-        return value
-    if value is None:
-        return b""
-    return bytes(value)
-
-
-def _metadata(text: Any, *, lenient: bool) -> dict[str, Any]:
-    if text is None or text == "":
-        return {}
-    try:
-        value = orjson.loads(text)
-        if not isinstance(value, dict):
-            raise ValueError(f"metadata is {type(value).__name__}, not a JSON object")
-    except ValueError:
-        if lenient:
-            return {}
-        raise
-    return value
-
-
-def _strict_metadata(text: Any) -> dict[str, Any]:
-    return _metadata(text, lenient=False)
-
-
-def _lenient_metadata(text: Any) -> dict[str, Any]:
-    return _metadata(text, lenient=True)
-
-
-# Rows become Tasks by column name; ``args`` and ``result`` stay encoded. Metadata
-# that is not a JSON object kills the row in a claim; ``get``/``list`` show it empty.
-_CLAIMED = task_reader(
-    _COLUMN_NAMES, {"args": _payload, "status": Status, "metadata": _strict_metadata}
-)
-_SHOWN = task_reader(
-    _COLUMN_NAMES, {"args": _payload, "status": Status, "metadata": _lenient_metadata}
-)
-
-
-def _claim_order(task: Task[Any]) -> tuple[int, float, str]:
-    return (-task.priority, task.run_at, task.id)
-
-
-def _encode_metadata(task: Task[Any]) -> str | None:
-    if not task.metadata:
-        return None
-    return orjson.dumps(dict(task.metadata)).decode()
 
 
 _DUPLICATE_KEY = re.compile(r"Key \(id\)=\((.*)\) already exists", re.DOTALL)
@@ -856,7 +805,7 @@ class PostgresBackend(Backend):
         corrupt: list[tuple[str, str]] = []
         for row in rows:
             try:
-                tasks.append(_CLAIMED(row))
+                tasks.append(read_claimed(row))
             except (ValueError, TypeError) as exc:
                 corrupt.append((row["id"], f"corrupt task row: {exc}"))
         if corrupt:
@@ -868,7 +817,7 @@ class PostgresBackend(Backend):
                 now, self.channel, False, self.done_channel,
             )  # fmt: skip
         if len(tasks) > 1:
-            tasks.sort(key=_claim_order)
+            tasks.sort(key=claim_order)
         return tasks
 
     async def _unclaim(self, worker: str, claimed_at: float) -> None:
@@ -897,7 +846,7 @@ class PostgresBackend(Backend):
             [task.run_at for task in tasks],
             [task.created_at for task in tasks],
             [task.last_error for task in tasks],
-            [_encode_metadata(task) for task in tasks],
+            [metadata_json(task) for task in tasks],
             self.channel,
         )
         if connection is not None:
@@ -1043,7 +992,7 @@ class PostgresBackend(Backend):
 
     async def _get(self, task_id: TaskId) -> Task[Any] | None:
         rows = await self._fetch(self._sql.get, task_id, self.queue)
-        return _SHOWN(rows[0]) if rows else None
+        return read_shown(rows[0]) if rows else None
 
     async def _stats(self) -> dict[Status, int]:
         rows = await self._fetch(self._sql.stats, self.queue)
@@ -1054,7 +1003,7 @@ class PostgresBackend(Backend):
             rows = await self._fetch(self._sql.list, self.queue, limit, offset)
         else:
             rows = await self._fetch(self._sql.list_status, self.queue, limit, offset, status.value)
-        return [_SHOWN(row) for row in rows]
+        return [read_shown(row) for row in rows]
 
     async def _status_of(self, task_id: TaskId) -> Status:
         rows = await self._fetch(self._sql.status, task_id, self.queue)

@@ -35,11 +35,17 @@ from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
-import orjson
 from reactivex import Observable
 
 from rxqueue.acks import AckBatch
 from rxqueue.backends import _sqlite_schema as schema
+from rxqueue.backends._rows import (
+    COLUMN_NAMES,
+    claim_order,
+    metadata_json,
+    read_claimed,
+    read_shown,
+)
 from rxqueue.backends._sqlite_connection import Connection, Job
 from rxqueue.backends.base import ALL_CAPABILITIES, Backend
 from rxqueue.clock import Clock, system_clock
@@ -47,7 +53,6 @@ from rxqueue.codec import DEFAULT_CODEC, Codec
 from rxqueue.demand import Demand
 from rxqueue.errors import (
     BackendError,
-    CodecError,
     InvalidOption,
     InvalidTransition,
     TaskExists,
@@ -63,7 +68,6 @@ from rxqueue.task import (
     Task,
     TaskId,
     check_seconds,
-    task_reader,
 )
 
 __all__ = ["SqliteBackend"]
@@ -73,11 +77,7 @@ Row = tuple[Any, ...]
 
 # --- SQL ------------------------------------------------------------------------------
 
-_COLUMN_NAMES = (
-    "id", "queue", "args", "status", "attempts", "max_attempts", "priority", "run_at",
-    "created_at", "lock_by", "lock_at", "done_at", "last_error", "result", "metadata",
-)  # fmt: skip
-_COLUMNS = ", ".join(_COLUMN_NAMES)
+_COLUMNS = ", ".join(COLUMN_NAMES)
 _READY = "status IN ('Pending', 'Failed')"  # exactly the partial index's WHERE
 _ACTIVE = "status IN ('Queued', 'Running')"
 
@@ -163,64 +163,6 @@ DELETE FROM tasks WHERE queue = ? AND status IN ('Done', 'Killed') AND done_at <
 
 
 # --- rows <-> tasks -----------------------------------------------------------------------
-
-
-def _payload(value: Any) -> bytes:
-    """The stored payload as bytes, whatever the column holds: a NULL or TEXT written
-    by another tool still reaches the worker, whose decoding then kills that task."""
-    if isinstance(value, bytes):
-        return value
-    if value is None:
-        return b""
-    return str(value).encode()
-
-
-def _metadata(text: Any, *, lenient: bool) -> dict[str, Any]:
-    if text is None or text == "":
-        return {}
-    try:
-        value = orjson.loads(text)
-        if not isinstance(value, dict):
-            raise ValueError(f"metadata is {type(value).__name__}, not a JSON object")
-    except ValueError:
-        if lenient:
-            return {}
-        raise
-    return value
-
-
-def _strict_metadata(text: Any) -> dict[str, Any]:
-    return _metadata(text, lenient=False)
-
-
-def _lenient_metadata(text: Any) -> dict[str, Any]:
-    return _metadata(text, lenient=True)
-
-
-# Rows become Tasks by column name (task_reader); ``args`` and ``result`` stay encoded.
-# Unreadable metadata raises ValueError in a claim (which kills that row); ``get`` and
-# ``list`` show it as empty.
-_CLAIMED = task_reader(
-    _COLUMN_NAMES, {"args": _payload, "status": Status, "metadata": _strict_metadata}
-)
-_SHOWN = task_reader(
-    _COLUMN_NAMES, {"args": _payload, "status": Status, "metadata": _lenient_metadata}
-)
-
-
-def _claim_order(task: Task[Any]) -> tuple[int, float, str]:
-    return (-task.priority, task.run_at, task.id)
-
-
-def _encode_metadata(task: Task[Any]) -> str | None:
-    if not task.metadata:
-        return None
-    try:
-        return orjson.dumps(dict(task.metadata), option=orjson.OPT_NON_STR_KEYS).decode()
-    except TypeError as exc:
-        raise CodecError(
-            f"task {task.id}: metadata must be JSON-serialisable for SQLite ({exc})"
-        ) from exc
 
 
 def _locate(path: str | os.PathLike[str]) -> tuple[str, bool, str]:
@@ -428,12 +370,12 @@ class SqliteBackend(Backend):
             corrupt: list[Row] = []
             for row in rows:
                 try:
-                    tasks.append(_CLAIMED(row))
+                    tasks.append(read_claimed(row))
                 except (ValueError, TypeError) as exc:
                     corrupt.append((f"corrupt task row: {exc}", now, row[0], worker, row[4]))
             if corrupt:
                 conn.executemany(_KILLED, corrupt)
-            tasks.sort(key=_claim_order)
+            tasks.sort(key=claim_order)
             return tasks
 
         def any_ready(conn: sqlite3.Connection) -> bool:
@@ -449,7 +391,7 @@ class SqliteBackend(Backend):
         ids = [task.id for task in tasks]
         rows = [
             (task.id, self.queue, payload, task.attempts, task.max_attempts, task.priority,
-             task.run_at, task.created_at, task.last_error, _encode_metadata(task))
+             task.run_at, task.created_at, task.last_error, metadata_json(task))
             for task, payload in zip(tasks, payloads, strict=True)
         ]  # fmt: skip
 
@@ -545,7 +487,7 @@ class SqliteBackend(Backend):
 
     async def _get(self, task_id: TaskId) -> Task[Any] | None:
         row = await self._read(partial(_select_task, task_id=task_id, queue=self.queue))
-        return None if row is None else _SHOWN(row)
+        return None if row is None else read_shown(row)
 
     async def _stats(self) -> dict[Status, int]:
         rows = await self._read(partial(_fetchall, statement=_STATS, params=(self.queue,)))
@@ -558,7 +500,7 @@ class SqliteBackend(Backend):
         else:
             statement, params = _LIST_STATUS, (self.queue, status.value, limit, offset)
         rows = await self._read(partial(_fetchall, statement=statement, params=params))
-        return [_SHOWN(row) for row in rows]
+        return [read_shown(row) for row in rows]
 
     async def _retry(self, task_id: TaskId) -> None:
         now, queue = self.clock(), self.queue
