@@ -49,7 +49,7 @@ from rxqueue.errors import (
     TaskNotFound,
     UnsupportedOperation,
 )
-from rxqueue.streams import Doorbell, Wakeup, track
+from rxqueue.streams import Doorbell, Wakeup, poll, track
 from rxqueue.task import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_QUEUE,
@@ -497,6 +497,43 @@ class Backend(ABC):
     def __repr__(self) -> str:
         ops = f", ops={len(self._operators)}" if self._operators else ""
         return f"{type(self).__name__}(queue={self.queue!r}{ops})"
+
+
+class ClaimingBackend(Backend):
+    """A backend whose store claims with one call, ``_claim(worker, limit)``.
+
+    Its fetcher is the shared claim loop (:func:`~rxqueue.streams.poll`) over
+    that call, waiting on the backend's doorbell between empty claims.
+    """
+
+    poll_interval: float = 0.05
+    max_poll_interval: float = 1.0
+
+    @abstractmethod
+    async def _claim(self, worker: str, limit: int) -> builtins.list[Task[Any]]:
+        """Claim up to ``limit`` ready tasks for ``worker``, in claim order."""
+
+    def _fetcher(self, demand: Demand) -> Observable[Any]:
+        name, claim = demand.name, self._claim
+
+        async def fetch_many(limit: int) -> builtins.list[Task[Any]]:
+            return await claim(name, limit)
+
+        return poll(
+            fetch_many,
+            demand,
+            interval=self.poll_interval,
+            max_interval=self.max_poll_interval,
+            wakeup=self._local().doorbell,
+        )
+
+    def _expired(self, changed: Sequence[Sequence[Any]]) -> None:
+        """After leases were taken back (rows of id, status): wake fetchers, and the
+        ``wait_for`` callers of tasks that ended Killed."""
+        if changed:
+            local = self._local()
+            local.doorbell.notify()
+            local.finished(task_id for task_id, status in changed if status == Status.KILLED)
 
 
 def as_status(value: Status | str) -> Status:

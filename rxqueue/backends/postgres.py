@@ -45,7 +45,6 @@ from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
-from reactivex import Observable
 
 from rxqueue.acks import AckBatch
 from rxqueue.backends import _postgres_schema as schema_module
@@ -57,10 +56,9 @@ from rxqueue.backends._rows import (
     read_claimed,
     read_shown,
 )
-from rxqueue.backends.base import ALL_CAPABILITIES, Backend, Capability
+from rxqueue.backends.base import ALL_CAPABILITIES, Capability, ClaimingBackend
 from rxqueue.clock import Clock, system_clock
 from rxqueue.codec import DEFAULT_CODEC, Codec
-from rxqueue.demand import Demand
 from rxqueue.errors import (
     BackendClosed,
     BackendError,
@@ -71,7 +69,7 @@ from rxqueue.errors import (
     TaskNotFound,
     WorkerError,
 )
-from rxqueue.streams import Doorbell, poll
+from rxqueue.streams import Doorbell
 from rxqueue.task import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_QUEUE,
@@ -564,7 +562,7 @@ class _Server:
         self.closed = False
 
 
-class PostgresBackend(Backend):
+class PostgresBackend(ClaimingBackend):
     """Tasks in a PostgreSQL schema, shared by workers on any number of hosts.
 
     The pool opens lazily on first use (or ``async with``); :meth:`close`
@@ -765,28 +763,7 @@ class PostgresBackend(Backend):
         async with self._connection() as conn, conn.transaction():
             yield conn
 
-    def _expired(self, changed: Sequence[asyncpg.Record]) -> None:
-        """After leases were taken back: wake fetchers, and waiters of killed tasks."""
-        if changed:
-            local = self._local()
-            local.doorbell.notify()
-            local.finished(task_id for task_id, status in changed if status == Status.KILLED)
-
-    # --- fetcher --------------------------------------------------------------------------
-
-    def _fetcher(self, demand: Demand) -> Observable[Any]:
-        name = demand.name
-
-        async def fetch_many(limit: int) -> list[Task[Any]]:
-            return await self._claim(name, limit)
-
-        return poll(
-            fetch_many,
-            demand,
-            interval=self.poll_interval,
-            max_interval=self.max_poll_interval,
-            wakeup=self._local().doorbell,
-        )
+    # --- fetcher: the shared claim loop over _claim (ClaimingBackend) ------------------------
 
     async def _claim(self, worker: str, limit: int) -> list[Task[Any]]:
         """Claim up to ``limit`` ready tasks for ``worker``, in claim order

@@ -35,8 +35,6 @@ from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
-from reactivex import Observable
-
 from rxqueue.acks import AckBatch
 from rxqueue.backends import _sqlite_schema as schema
 from rxqueue.backends._rows import (
@@ -47,10 +45,9 @@ from rxqueue.backends._rows import (
     read_shown,
 )
 from rxqueue.backends._sqlite_connection import Connection, Job
-from rxqueue.backends.base import ALL_CAPABILITIES, Backend
+from rxqueue.backends.base import ALL_CAPABILITIES, ClaimingBackend
 from rxqueue.clock import Clock, system_clock
 from rxqueue.codec import DEFAULT_CODEC, Codec
-from rxqueue.demand import Demand
 from rxqueue.errors import (
     BackendError,
     InvalidOption,
@@ -59,7 +56,7 @@ from rxqueue.errors import (
     TaskNotFound,
     WorkerError,
 )
-from rxqueue.streams import Doorbell, Wakeup, poll
+from rxqueue.streams import Doorbell, Wakeup
 from rxqueue.task import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_QUEUE,
@@ -217,7 +214,7 @@ class _DuplicateId(Exception):
 # --- the backend -------------------------------------------------------------------------------
 
 
-class SqliteBackend(Backend):
+class SqliteBackend(ClaimingBackend):
     """Tasks in a SQLite file, shared by any number of workers and processes.
 
     Connections open lazily on first use; :meth:`close` (or ``async with``)
@@ -332,28 +329,7 @@ class SqliteBackend(Backend):
     async def _read(self, fn: Callable[[sqlite3.Connection], R]) -> R:
         return await self._db.run(Job(fn))
 
-    def _expired(self, changed: Sequence[Row]) -> None:
-        """After leases were taken back: wake fetchers, and waiters of killed tasks."""
-        if changed:
-            local = self._local()
-            local.doorbell.notify()
-            local.finished(task_id for task_id, status in changed if status == Status.KILLED)
-
-    # --- fetcher --------------------------------------------------------------------------
-
-    def _fetcher(self, demand: Demand) -> Observable[Any]:
-        name = demand.name
-
-        async def fetch_many(limit: int) -> list[Task[Any]]:
-            return await self._claim(name, limit)
-
-        return poll(
-            fetch_many,
-            demand,
-            interval=self.poll_interval,
-            max_interval=self.max_poll_interval,
-            wakeup=self._local().doorbell,
-        )
+    # --- fetcher: the shared claim loop over _claim (ClaimingBackend) ------------------------
 
     async def _claim(self, worker: str, limit: int) -> list[Task[Any]]:
         """Claim up to ``limit`` ready tasks for ``worker``, in claim order
