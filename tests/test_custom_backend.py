@@ -123,3 +123,54 @@ async def test_pipe_keeps_store_sink_and_acker_and_composes_the_fetcher() -> Non
     assert piped.batch_size_hint == 3 and backend.batch_size_hint == 1
     with pytest.raises(UnsupportedOperation, match="does not support get"):
         await piped.get("x")
+
+
+async def test_ops_retry_over_an_async_generator_fetcher_gets_a_fresh_generator() -> None:
+    """The README's custom-backend style (an async generator) under ops.retry: each
+    resubscription calls the fetcher factory again instead of ending in silence."""
+    rows: list[Task[Any]] = []
+    made = 0
+
+    def fetcher(db: list[Task[Any]], cfg: Any, worker: Any) -> Any:
+        nonlocal made
+        made += 1
+        attempt = made
+
+        async def fetch() -> Any:
+            if attempt == 1 and db:
+                yield db.pop(0)
+                raise ConnectionError("the store blinked")
+            while db:
+                yield db.pop(0)
+
+        return fetch()
+
+    async def sink(task: Task[Any]) -> None:
+        rows.append(task)
+
+    backend = (
+        BackendBuilder().database(rows).fetcher(fetcher).sink(lambda db, cfg: sink).build()
+    )
+    await backend.push_many([{"n": n} for n in range(5)])
+    seen: list[int] = []
+
+    async def handle(job: dict[str, int]) -> None:
+        seen.append(job["n"])
+
+    piped = backend.pipe(ops.retry(3, backoff=lambda attempt: 0.0))
+    summary = await WorkerBuilder("w").backend(piped).build(handle).run(handle_signals=False)
+    assert sorted(seen) == [0, 1, 2, 3, 4] and summary.done == 5
+    assert made == 2
+
+
+async def test_an_async_generator_object_subscribed_twice_says_so() -> None:
+    from rxqueue import from_async_iterable
+
+    async def gen() -> Any:
+        yield 1
+
+    source = from_async_iterable(gen())
+    errors: list[Exception] = []
+    source.subscribe(on_error=errors.append)
+    source.subscribe(on_error=errors.append)
+    assert errors and "already iterated" in str(errors[0])
