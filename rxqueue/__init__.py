@@ -5,7 +5,7 @@ tasks) and a sink (where new tasks go); a worker subscribes the fetcher to a
 handler pipeline. See README.md for the tour.
 """
 
-from rxqueue import backoff, ops
+from rxqueue import backoff, ops, sources
 from rxqueue.acks import AckBatch
 from rxqueue.backends import Backend, Capability, connect
 from rxqueue.backends.custom import BackendBuilder, CustomBackend
@@ -116,5 +116,6 @@ __all__ = [
     "layers",
     "ops",
     "poll",
+    "sources",
     "to_async_iterable",
 ]

@@ -11,14 +11,16 @@ import rxqueue
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
+SUBMODULES = {"ops", "layers", "events", "backoff", "sources"}
+
+
 def test_all_names_exist_and_nothing_public_is_missing_from_all() -> None:
     for name in rxqueue.__all__:
         assert hasattr(rxqueue, name), name
-    submodules = {"ops", "layers", "events", "backoff"}
     public = {
         name
         for name, value in vars(rxqueue).items()
-        if not name.startswith("_") and (not inspect.ismodule(value) or name in submodules)
+        if not name.startswith("_") and (not inspect.ismodule(value) or name in SUBMODULES)
     }
     assert public - {"annotations"} == set(rxqueue.__all__)
 
@@ -36,6 +38,4 @@ def test_public_classes_and_functions_have_docstrings() -> None:
 def test_readme_names_only_public_api() -> None:
     text = README.read_text()
     used = set(re.findall(r"\brxqueue\.([A-Za-z_]+)", text))
-    assert used <= set(rxqueue.__all__) | {"ops", "layers", "events", "backoff"}, used - set(
-        rxqueue.__all__
-    )
+    assert used <= set(rxqueue.__all__) | SUBMODULES, used - set(rxqueue.__all__)

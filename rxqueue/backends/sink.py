@@ -4,6 +4,12 @@
 ``Task`` as it is, anything else as a payload pushed with default options.
 One drain coroutine stores items in order, in batches (one ``send_many`` per
 batch), so a periodic or cron-like Observable feeds a queue directly.
+
+Ticks of :mod:`rxqueue.sources` are idempotent: their task ids are built from
+the source's name and the tick (:func:`rxqueue.sources.is_tick_task`), so when
+several processes run one source, all but the first store of a tick raise
+``TaskExists``. The sink counts those as already stored (``sink.existing``),
+not as errors. A ``TaskExists`` for any other task is an error, as before.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from reactivex import abc
 
-from rxqueue.errors import CodecError
+from rxqueue.errors import CodecError, TaskExists
+from rxqueue.sources import is_tick_task
 from rxqueue.task import PushOptions, Task
 
 if TYPE_CHECKING:
@@ -37,6 +44,7 @@ class SinkObserver(abc.ObserverBase[Any]):
         self._idle = asyncio.Event()
         self._idle.set()
         self.stored = 0
+        self.existing = 0  # source ticks another process (or an earlier store) had stored
         self.errors: list[Exception] = []
         self.completed = False
 
@@ -77,11 +85,14 @@ class SinkObserver(abc.ObserverBase[Any]):
         try:
             await self._backend.send_many(batch)
             self.stored += len(batch)
-        except CodecError as exc:
+        except (CodecError, TaskExists) as exc:
             if len(batch) == 1:
-                self._report(exc)
+                if isinstance(exc, TaskExists) and is_tick_task(batch[0]):
+                    self.existing += 1  # this tick is in the store already: that is success
+                else:
+                    self._report(exc)
                 return
-            # One bad payload must not cost the others their place: one by one.
+            # One bad payload or taken id must not cost the others their place: one by one.
             for task in batch:
                 await self._store([task])
         except Exception as exc:  # reported, never raised into the source

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Self
 
+from reactivex import Observable
+
 from rxqueue.backends.base import Backend
 from rxqueue.errors import BuildError
 from rxqueue.worker.events import Event
@@ -33,6 +35,7 @@ class WorkerBuilder:
         self._ack_batch = 256
         self._ack_interval = 0.005
         self._idle_horizon = 60.0
+        self._sources: list[Observable[Any]] = []
 
     def backend(self, backend: Backend) -> Self:
         if not isinstance(backend, Backend):
@@ -95,6 +98,18 @@ class WorkerBuilder:
         self._idle_horizon = _non_negative("idle_horizon", seconds)
         return self
 
+    def cron(self, source: Observable[Any]) -> Self:
+        """Run ``source`` (``rxqueue.sources.cron(...)``/``every(...)``, or any Observable
+        of tasks or payloads) beside the worker: each run subscribes it to the
+        backend's sink when it starts and disposes it when it stops."""
+        if not isinstance(source, Observable):
+            raise BuildError(
+                f"cron() takes an Observable such as rxqueue.sources.cron(...), "
+                f"got {type(source).__name__}"
+            )
+        self._sources.append(source)
+        return self
+
     def build(self, handler: Callable[..., Any]) -> Worker:
         if self._backend is None:
             raise BuildError(
@@ -123,7 +138,13 @@ class WorkerBuilder:
             idle_horizon=self._idle_horizon,
         )
         worker = Worker(
-            self._name, backend, spec, settings, layers=tuple(self._layers), data=self._data
+            self._name,
+            backend,
+            spec,
+            settings,
+            layers=tuple(self._layers),
+            data=self._data,
+            sources=tuple(self._sources),
         )
         for listener in self._listeners:
             worker.events.subscribe(on_next=listener)

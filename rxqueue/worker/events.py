@@ -107,6 +107,15 @@ class AckError:
 
 
 @dataclass(frozen=True, slots=True)
+class SourceError:
+    """A source run beside the worker (``WorkerBuilder.cron``) failed, or its task
+    could not be stored. The worker goes on; a source that raised has ended."""
+
+    worker: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
 class LeaseLost:
     """The store refused an update: this worker no longer held the task.
 
@@ -138,5 +147,6 @@ Event: TypeAlias = (
     | FetcherError
     | AckError
     | LeaseLost
+    | SourceError
     | Stopped
 )

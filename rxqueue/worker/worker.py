@@ -27,6 +27,7 @@ from reactivex.subject import Subject
 
 from rxqueue.acks import AckBatch
 from rxqueue.backends.base import Backend
+from rxqueue.backends.sink import SinkObserver
 from rxqueue.backoff import constant
 from rxqueue.errors import BackendUnavailable, CodecError, WorkerError
 from rxqueue.streams import ObservableIterator, to_async_iterable
@@ -131,6 +132,7 @@ class Worker:
         *,
         layers: Sequence[Layer] = (),
         data: dict[type, Any] | None = None,
+        sources: Sequence[Observable[Any]] = (),
     ) -> None:
         self.name = name
         self.backend = backend
@@ -138,6 +140,8 @@ class Worker:
         self.settings = settings
         self.clock = backend.clock
         self._data = dict(data or {})
+        # Observables (rxqueue.sources) each run subscribes to the backend's sink.
+        self.sources: tuple[Observable[Any], ...] = tuple(sources)
         self._pipeline: Next = compose(layers, self._invoke)
         self._batch_pipeline: Next = compose(layers, self._invoke_batch)
         self._events: Subject[ev.Event] = Subject()
@@ -291,13 +295,17 @@ class _Run:
         heartbeat = loop.create_task(self._heartbeat_loop())
         undo_signals = stop_on_signals(loop, self.stop.set) if self.handle_signals else _nothing
         subscription: DisposableBase = Disposable()
+        sink = backend.sink(on_error=self._on_source_error) if worker.sources else None
+        feeds: list[DisposableBase] = []
         cancelled = False
         try:
+            scheduler = AsyncIOScheduler(loop)
+            feeds.extend(source.subscribe(sink, scheduler=scheduler) for source in worker.sources)
             subscription = backend.fetcher(ctx).subscribe(
                 on_next=self._on_next,
                 on_error=self._on_error,
                 on_completed=self._on_completed,
-                scheduler=AsyncIOScheduler(loop),
+                scheduler=scheduler,
             )
             try:
                 await self.stop.wait()
@@ -307,7 +315,11 @@ class _Run:
             undo_signals()
             undo_revoked()
             ctx.stopping = True
+            for feed in feeds:
+                feed.dispose()
             subscription.dispose()
+            if sink is not None:  # ticks already emitted are stored before the run ends
+                await self._flush_sink(sink)
             await self._shutdown(consumers)
             heartbeat.cancel()
             # The ack loop is never cancelled mid-flush: it ends after a last, complete
@@ -333,6 +345,16 @@ class _Run:
         if worker._observed:
             worker._emit(ev.Stopped(worker.name, worker.clock(), summary))
         return summary
+
+    def _on_source_error(self, error: Exception) -> None:
+        """A source failed or its task could not be stored: say so on the events stream."""
+        if self.worker._observed:
+            self.worker._emit(ev.SourceError(self.worker.name, describe(error)))
+
+    async def _flush_sink(self, sink: SinkObserver) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.worker.settings.shutdown_timeout):
+                await sink.flush()
 
     async def _stop_and_wait(self) -> None:
         """``backend.close()`` calls this: stop, and wait until the run has ended."""
