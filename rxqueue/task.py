@@ -103,6 +103,10 @@ class Task(Generic[T]):
     last_error: str | None = None
     result: Any = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    # While the task is unfinished (and until ``unique_until``, finished or not), no
+    # other task of its queue may hold ``unique_key``: a push with it returns this id.
+    unique_key: str | None = None
+    unique_until: float | None = None
 
     def evolve(self, **changes: Any) -> Task[T]:
         """A copy with ``changes`` applied (the record itself never changes)."""
@@ -126,6 +130,8 @@ _DEFAULTS: Final[dict[str, Any]] = {
     "done_at": None,
     "last_error": None,
     "result": None,
+    "unique_key": None,
+    "unique_until": None,
 }
 
 
@@ -241,6 +247,15 @@ def check_metadata(value: Any) -> dict[str, Any]:
     return metadata
 
 
+def check_unique_key(value: Any, name: str = "unique_key") -> str:
+    """``value`` if it is a non-empty string of at most 255 characters; else InvalidOption."""
+    if not isinstance(value, str) or not value or len(value) > 255:
+        raise InvalidOption(
+            f"{name} must be a non-empty string of at most 255 characters, got {value!r}"
+        )
+    return value
+
+
 def check_task_id(value: Any) -> str:
     if not isinstance(value, str) or not value or len(value) > 255:
         raise InvalidOption(
@@ -262,6 +277,10 @@ def validate_task(task: Task[Any]) -> None:
         check_seconds("created_at", task.created_at)
         if task.metadata:
             check_metadata(task.metadata)
+        if task.unique_key is not None:
+            check_unique_key(task.unique_key)
+        if task.unique_until is not None:
+            check_seconds("unique_until", task.unique_until)
     except InvalidOption as exc:
         raise InvalidOption(f"task {task.id!r}: {exc}") from None
 
@@ -269,6 +288,10 @@ def validate_task(task: Task[Any]) -> None:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PushOptions:
     """How a pushed task is scheduled. ``delay`` and ``run_at`` are exclusive.
+
+    ``unique_key`` makes the push idempotent: while a task of the queue holding
+    that key is unfinished, or for ``unique_for`` seconds after the push, finished
+    or not, pushing it again stores nothing and returns the holder's id.
 
     Every option is checked here, before anything is stored: a malformed one
     raises :class:`~rxqueue.errors.InvalidOption` naming it.
@@ -280,6 +303,8 @@ class PushOptions:
     max_attempts: int | None = None
     metadata: Mapping[str, Any] | None = None
     task_id: TaskId | None = None
+    unique_key: str | None = None
+    unique_for: float | None = None
 
     def __post_init__(self) -> None:
         if self.delay is not None and self.run_at is not None:
@@ -300,8 +325,23 @@ class PushOptions:
             object.__setattr__(self, "metadata", check_metadata(self.metadata))
         if self.task_id is not None:
             check_task_id(self.task_id)
+        if self.unique_key is not None:
+            check_unique_key(self.unique_key)
+        if self.unique_for is not None:
+            check_seconds("unique_for", self.unique_for, minimum=0.0)
 
-    def build(self, args: Any, *, queue: str, now: float, max_attempts: int) -> Task[Any]:
+    def build(
+        self,
+        args: Any,
+        *,
+        queue: str,
+        now: float,
+        max_attempts: int,
+        unique_key: str | None = None,
+    ) -> Task[Any]:
+        """The task to store; ``unique_key`` (checked by the caller) overrides the option's."""
+        key = unique_key or self.unique_key
+        unique_for = self.unique_for
         run_at = now + (self.delay or 0.0) if self.run_at is None else to_timestamp(self.run_at)
         return read_fields(  # every field, in declaration order
             (
@@ -320,6 +360,8 @@ class PushOptions:
                 None,
                 None,
                 dict(self.metadata or {}),
+                key,
+                None if key is None or unique_for is None else now + unique_for,
             )
         )
 

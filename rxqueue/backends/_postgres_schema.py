@@ -28,7 +28,7 @@ import asyncpg
 
 from rxqueue.errors import BackendError, BackendUnavailable, InvalidOption, SchemaError
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MAX_SCHEMA: Final = 48  # channel names (<schema>_<hash>_d) must fit in 63 bytes
@@ -112,6 +112,18 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
             since   double precision NOT NULL,
             PRIMARY KEY (task_id, token)
         )
+        """,
+    ),
+    # Unique tasks: one holder per (queue, key). A finished holder keeps its key
+    # until a push needs it and finds it free (past unique_until), which clears it.
+    2: (
+        """
+        ALTER TABLE {s}.tasks ADD COLUMN unique_key text,
+                              ADD COLUMN unique_until double precision
+        """,
+        """
+        CREATE UNIQUE INDEX tasks_unique ON {s}.tasks (queue, unique_key)
+        WHERE unique_key IS NOT NULL
         """,
     ),
 }

@@ -8,15 +8,17 @@ and shows as empty in ``get``/``list`` (:data:`read_shown`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import orjson
 
-from rxqueue.task import Status, Task, task_reader
+from rxqueue.task import Status, Task, TaskId, task_reader
 
 COLUMN_NAMES: Final = (
     "id", "queue", "args", "status", "attempts", "max_attempts", "priority", "run_at",
     "created_at", "lock_by", "lock_at", "done_at", "last_error", "result", "metadata",
+    "unique_key", "unique_until",
 )  # fmt: skip
 
 
@@ -72,3 +74,9 @@ def metadata_json(task: Task[Any]) -> str | None:
     if not task.metadata:
         return None
     return orjson.dumps(dict(task.metadata)).decode()
+
+
+def answer_ids(tasks: Sequence[Task[Any]], holders: Mapping[str, TaskId]) -> list[TaskId]:
+    """Per task, its own id, or for a task with a unique key the id of the key's holder
+    (itself if it was stored, else the task that already held the key)."""
+    return [task.id if task.unique_key is None else holders[task.unique_key] for task in tasks]

@@ -20,7 +20,7 @@ from rxqueue.errors import BackendError, BackendUnavailable, SchemaError
 
 Durability = Literal["normal", "full"]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 # Statuses are the text values of rxqueue.task.Status. The claim's partial index
 # holds only ready tasks, so claiming stays an index range scan however many
@@ -69,6 +69,16 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             host       TEXT,
             PRIMARY KEY (queue, name)
         ) WITHOUT ROWID
+        """,
+    ),
+    # Unique tasks: one holder per (queue, key). A finished holder keeps its key
+    # until a push needs it and finds it free (past unique_until), which clears it.
+    2: (
+        "ALTER TABLE tasks ADD COLUMN unique_key TEXT",
+        "ALTER TABLE tasks ADD COLUMN unique_until REAL",
+        """
+        CREATE UNIQUE INDEX tasks_unique ON tasks (queue, unique_key)
+        WHERE unique_key IS NOT NULL
         """,
     ),
 }

@@ -59,6 +59,7 @@ from rxqueue.task import (
     Task,
     TaskId,
     check_int,
+    check_unique_key,
     validate_task,
 )
 
@@ -78,6 +79,7 @@ class Capability(enum.StrEnum):
     PRIORITY = "priority"  # higher priority claimed first
     RETRY = "retry"  # Failed tasks come back at run_at
     TRANSACTIONS = "transactions"  # push(..., connection=conn) joins the caller's transaction
+    UNIQUE = "unique"  # push(..., unique_key=...) is idempotent, enforced by the store
 
 
 ALL_CAPABILITIES = frozenset(Capability) - {Capability.TRANSACTIONS}
@@ -233,6 +235,8 @@ class Backend(ABC):
         max_attempts: int | None = None,
         metadata: dict[str, Any] | None = None,
         task_id: TaskId | None = None,
+        unique_key: str | None = None,
+        unique_for: float | None = None,
         connection: Any = None,
     ) -> TaskId:
         """Enqueue ``args``; returns the task's id once the store holds it.
@@ -241,7 +245,15 @@ class Backend(ABC):
         bad one); nothing is stored unless every check passes. ``connection=``
         stores the task inside the caller's open transaction, on backends that
         declare ``Capability.TRANSACTIONS``.
+
+        ``unique_key``: while a task of this queue with that key is unfinished
+        (Pending, Queued, Running or Failed awaiting a retry), the push stores
+        nothing and returns that task's id. ``unique_for`` seconds keep the key
+        taken that long after the push, finished or not. The store enforces it,
+        across processes (backends that declare ``Capability.UNIQUE``).
         """
+        if unique_for is not None and unique_key is None:
+            raise InvalidOption("unique_for needs a unique_key")
         options = PushOptions(
             delay=delay,
             run_at=run_at,
@@ -249,6 +261,8 @@ class Backend(ABC):
             max_attempts=max_attempts,
             metadata=metadata,
             task_id=task_id,
+            unique_key=unique_key,
+            unique_for=unique_for,
         )
         return (await self._push([args], options, connection))[0]
 
@@ -261,26 +275,50 @@ class Backend(ABC):
         priority: int = 0,
         max_attempts: int | None = None,
         metadata: dict[str, Any] | None = None,
+        unique_keys: Sequence[str | None] | None = None,
+        unique_for: float | None = None,
         connection: Any = None,
     ) -> list[TaskId]:
-        """Enqueue many payloads in one store operation, all or none; their ids in order."""
+        """Enqueue many payloads in one store operation, all or none; their ids in order.
+
+        ``unique_keys`` holds one key (or None) per payload, as ``push``'s
+        ``unique_key``: a payload whose key is taken, or was given to an earlier
+        payload of the same call, returns the holder's id and stores nothing.
+        """
         options = PushOptions(
             delay=delay,
             run_at=run_at,
             priority=priority,
             max_attempts=max_attempts,
             metadata=metadata,
+            unique_for=unique_for,
         )
-        return await self._push(args_list, options, connection)
+        if unique_keys is None:
+            if unique_for is not None:
+                raise InvalidOption("unique_for needs unique_keys")
+            return await self._push(args_list, options, connection)
+        payloads = list(args_list)
+        keys = _check_unique_keys(unique_keys, len(payloads))
+        return await self._push(payloads, options, connection, keys)
 
     async def _push(
-        self, args_list: Iterable[Any], options: PushOptions, connection: Any
+        self,
+        args_list: Iterable[Any],
+        options: PushOptions,
+        connection: Any,
+        unique_keys: Sequence[str | None] | None = None,
     ) -> list[TaskId]:
         now, queue, max_attempts = self.clock(), self.queue, self.max_attempts
-        tasks = [
-            options.build(args, queue=queue, now=now, max_attempts=max_attempts)
-            for args in args_list
-        ]
+        if unique_keys is None:
+            tasks = [
+                options.build(args, queue=queue, now=now, max_attempts=max_attempts)
+                for args in args_list
+            ]
+        else:
+            tasks = [
+                options.build(args, queue=queue, now=now, max_attempts=max_attempts, unique_key=key)
+                for args, key in zip(args_list, unique_keys, strict=True)
+            ]
         return await self._send(tasks, connection)  # built from checked options
 
     async def send(self, task: Task[Any], *, connection: Any = None) -> TaskId:
@@ -317,6 +355,12 @@ class Backend(ABC):
         if len(set(ids)) != len(ids):
             repeated = next(task_id for task_id in ids if ids.count(task_id) > 1)
             raise InvalidOption(f"task id {repeated!r} appears twice in one send_many")
+        keyed = any(task.unique_key is not None for task in tasks)
+        if keyed and Capability.UNIQUE not in self.capabilities:
+            raise UnsupportedOperation(
+                f"{type(self).__name__} cannot keep tasks unique (unique_key=); it does "
+                "not declare Capability.UNIQUE"
+            )
         encode = self.codec.encode
         encoded: list[bytes] = []
         for index, task in enumerate(tasks):
@@ -325,7 +369,22 @@ class Backend(ABC):
             except CodecError as exc:
                 raise CodecError(f"task {index} ({task.id}): {exc}") from exc
         await self.open()
-        return list(await self._store(tasks, encoded, connection))
+        if not keyed:
+            return list(await self._store(tasks, encoded, connection))
+        # A key given twice in one call: the later tasks answer with the first one's id.
+        first: dict[str, int] = {}
+        source: list[int] = []  # per task, the index of the task whose answer it takes
+        for index, task in enumerate(tasks):
+            key = task.unique_key
+            source.append(index if key is None else first.setdefault(key, index))
+        kept = [index for index, origin in enumerate(source) if origin == index]
+        if len(kept) == len(tasks):
+            return list(await self._store(tasks, encoded, connection))
+        stored = await self._store(
+            [tasks[i] for i in kept], [encoded[i] for i in kept], connection
+        )
+        answers = dict(zip(kept, stored, strict=True))
+        return [answers[origin] for origin in source]
 
     def sink(self, on_error: Callable[[Exception], None] | None = None) -> SinkObserver:
         """This backend's sink as a reactivex Observer: ``source.subscribe(backend.sink())``.
@@ -342,7 +401,11 @@ class Backend(ABC):
     ) -> Sequence[TaskId]:
         """Persist ``tasks`` durably, all or none (``payloads[i]`` is ``tasks[i].args``
         encoded); return, per task, the id stored (or the existing task's id, where
-        a store answers a duplicate with it). Raise ``TaskExists`` for a taken id."""
+        a store answers a duplicate with it). Raise ``TaskExists`` for a taken id.
+
+        With ``Capability.UNIQUE``: a task whose ``unique_key`` (distinct within one
+        call) is held in this queue, by an unfinished task or one whose
+        ``unique_until`` is still ahead, is not stored; its answer is the holder's id."""
 
     # --- acker --------------------------------------------------------------------
 
@@ -534,6 +597,20 @@ class ClaimingBackend(Backend):
             local = self._local()
             local.doorbell.notify()
             local.finished(task_id for task_id, status in changed if status == Status.KILLED)
+
+
+def _check_unique_keys(keys: Any, count: int) -> list[str | None]:
+    """``push_many``'s ``unique_keys``: one key or None per payload; else InvalidOption."""
+    if isinstance(keys, str | bytes) or not isinstance(keys, Sequence):
+        raise InvalidOption(
+            f"unique_keys must be a list of keys (or None), one per payload, got {keys!r}"
+        )
+    if len(keys) != count:
+        raise InvalidOption(f"unique_keys holds {len(keys)} keys for {count} payloads")
+    for index, key in enumerate(keys):
+        if key is not None:
+            check_unique_key(key, f"unique_keys[{index}]")
+    return list(keys)
 
 
 def as_status(value: Status | str) -> Status:

@@ -126,6 +126,11 @@ class BackendBuilder(Generic[Db, Cfg]):
         for capability in capabilities:
             if not isinstance(capability, Capability):
                 raise BuildError(f"declare() takes Capability values, got {capability!r}")
+            if capability is Capability.UNIQUE:
+                raise BuildError(
+                    "a custom backend cannot declare Capability.UNIQUE: its sink stores "
+                    "tasks one by one and cannot answer a taken key with the holder's id"
+                )
         self._capabilities.update(capabilities)
         return self
 

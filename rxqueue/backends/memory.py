@@ -60,6 +60,8 @@ class _Row:
         "result",
         "run_at",
         "status",
+        "unique_key",
+        "unique_until",
         "version",
     )
 
@@ -80,6 +82,8 @@ class _Row:
         self.result: bytes | None = None  # encoded by the worker's codec, as stores keep it
         # Stored as JSON on every durable backend: the same round trip here.
         self.metadata = orjson.loads(orjson.dumps(dict(task.metadata))) if task.metadata else {}
+        self.unique_key = task.unique_key
+        self.unique_until = task.unique_until
         self.version = 0  # bumped whenever the row re-enters a heap; stale entries skip
 
     def snapshot(self) -> Task[Any]:
@@ -113,6 +117,7 @@ class MemoryBackend(Backend):
         self._scheduled: list[tuple[float, int, int, _Row]] = []
         self._heartbeats: dict[str, float] = {}
         self._locked: dict[str, set[TaskId]] = {}
+        self._unique: dict[str, TaskId] = {}  # unique_key -> the task that holds it
 
     # --- heaps ----------------------------------------------------------------------
 
@@ -173,15 +178,47 @@ class MemoryBackend(Backend):
     async def _store(
         self, tasks: Sequence[Task[Any]], payloads: Sequence[bytes], connection: Any = None
     ) -> list[TaskId]:
-        for task in tasks:
-            if task.id in self._rows:
+        ids = [task.id for task in tasks]
+        held: dict[int, TaskId] = {}  # index -> the id of the task that holds its key
+        for index, task in enumerate(tasks):
+            if task.unique_key is not None:
+                holder = self._holder(task.unique_key)
+                if holder is not None:
+                    held[index] = holder
+        for index, task in enumerate(tasks):
+            if index not in held and task.id in self._rows:
                 raise TaskExists(task.id)
-        for task, payload in zip(tasks, payloads, strict=True):
+        for index, (task, payload) in enumerate(zip(tasks, payloads, strict=True)):
+            if index in held:
+                ids[index] = held[index]
+                continue
             row = _Row(task, payload)
             self._rows[task.id] = row
+            if task.unique_key is not None:
+                self._take(task.unique_key, task.id)
             self._enqueue(row)
-        self._local().doorbell.notify()
-        return [task.id for task in tasks]
+        if len(held) < len(tasks):
+            self._local().doorbell.notify()
+        return ids
+
+    def _holder(self, key: str) -> TaskId | None:
+        """The id of the task that holds ``key`` now, or None if it is free."""
+        holder = self._unique.get(key)
+        row = None if holder is None else self._rows.get(holder)
+        if row is None or row.unique_key != key:
+            return None
+        if row.status in TERMINAL and (row.unique_until or 0.0) <= self.clock():
+            return None
+        return holder
+
+    def _take(self, key: str, task_id: TaskId) -> None:
+        """Give a free ``key`` to ``task_id``; its finished holder lets go of it, as
+        in SQL stores (where a unique index allows one holder per key)."""
+        old = self._unique.get(key)
+        row = None if old is None else self._rows.get(old)
+        if row is not None and row.unique_key == key:
+            row.unique_key = None
+        self._unique[key] = task_id
 
     def _held(self, task: Task[Any], worker: str) -> _Row | None:
         row = self._rows.get(task.id)
@@ -373,7 +410,9 @@ class MemoryBackend(Backend):
             if row.status in TERMINAL and row.done_at is not None and row.done_at <= cutoff
         ]
         for task_id in doomed:
-            del self._rows[task_id]
+            row = self._rows.pop(task_id)
+            if row.unique_key is not None and self._unique.get(row.unique_key) == task_id:
+                del self._unique[row.unique_key]
         return len(doomed)
 
     async def has_work(self, horizon: float) -> bool:

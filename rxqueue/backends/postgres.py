@@ -51,6 +51,7 @@ from rxqueue.backends import _postgres_schema as schema_module
 from rxqueue.backends._postgres_schema import SCHEMA_VERSION, check_schema, schema_sql
 from rxqueue.backends._rows import (
     COLUMN_NAMES,
+    answer_ids,
     claim_order,
     metadata_json,
     read_claimed,
@@ -86,9 +87,8 @@ __all__ = ["SCHEMA_VERSION", "PostgresBackend", "PostgresDoorbell", "schema_sql"
 # Templates: ``{s}`` is the quoted schema. asyncpg prepares and caches each statement
 # per connection, so a hot statement is parsed and planned once per connection.
 
-_COLUMNS: Final = ", ".join(COLUMN_NAMES[:-1]) + ", metadata::text AS metadata"
-_T_COLUMNS: Final = ", ".join(f"t.{name}" for name in COLUMN_NAMES[:-1]) + (
-    ", t.metadata::text AS metadata"
+_COLUMNS: Final = ", ".join(
+    "metadata::text AS metadata" if name == "metadata" else name for name in COLUMN_NAMES
 )
 _READY: Final = "status IN ('Pending', 'Failed')"  # exactly the partial index's WHERE
 _ACTIVE: Final = "status IN ('Queued', 'Running')"
@@ -130,6 +130,37 @@ WITH inserted AS (
     RETURNING 1
 )
 SELECT pg_notify($11, '')
+"""
+
+# Unique keys, in one transaction: let go of keys whose holders finished (and whose
+# unique_until passed), insert what holds a free key, then read every key's holder.
+# $1 queue, $2 keys, $3 now. The status test is written so that it does not imply
+# tasks_finished's predicate: the release finds its rows by key (see _BY_KEY_ACTIVE).
+_RELEASE_KEYS: Final = """
+UPDATE {s}.tasks SET unique_key = NULL
+WHERE queue = $1 AND unique_key = ANY($2::text[])
+  AND status NOT IN ('Pending', 'Queued', 'Running', 'Failed')
+  AND coalesce(unique_until, 0) <= $3
+"""
+# As _INSERT, with $12 keys and $13 unique_until; rows go in key order, so that
+# pushers racing for the same keys wait for each other in one order (no deadlock).
+_INSERT_UNIQUE: Final = """
+WITH inserted AS (
+    INSERT INTO {s}.tasks (id, queue, args, attempts, max_attempts, priority, run_at,
+                           created_at, last_error, metadata, unique_key, unique_until)
+    SELECT i, $1, a, n, m, p, r, c, e, d::jsonb, k, u
+    FROM unnest($2::text[], $3::bytea[], $4::int[], $5::int[], $6::int[],
+                $7::float8[], $8::float8[], $9::text[], $10::text[], $12::text[],
+                $13::float8[])
+         AS x(i, a, n, m, p, r, c, e, d, k, u)
+    ORDER BY k
+    ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+    RETURNING 1
+)
+SELECT pg_notify($11, '') WHERE EXISTS (SELECT 1 FROM inserted)
+"""
+_KEY_HOLDERS: Final = """
+SELECT unique_key, id FROM {s}.tasks WHERE queue = $1 AND unique_key = ANY($2::text[])
 """
 
 # Acks apply only while the acking worker still holds the lease. One statement: a
@@ -315,6 +346,13 @@ _WAIT_OFF: Final = "DELETE FROM {s}.waiters WHERE task_id = $1 AND token = $2"
 
 
 # --- rows <-> tasks -----------------------------------------------------------------------
+
+
+_UNIQUE_TRIES: Final = 5  # see PostgresBackend._store_unique
+
+
+class _HolderGone(Exception):
+    """A unique key's holder vanished (vacuumed) between the insert and the read."""
 
 
 _DUPLICATE_KEY = re.compile(r"Key \(id\)=\((.*)\) already exists", re.DOTALL)
@@ -826,6 +864,8 @@ class PostgresBackend(ClaimingBackend):
             [metadata_json(task) for task in tasks],
             self.channel,
         )
+        if any(task.unique_key is not None for task in tasks):
+            return await self._store_unique(tasks, ids, args, connection)
         if connection is not None:
             _check_connection(connection)
             await self._insert(connection, ids, args, theirs=True)
@@ -835,11 +875,71 @@ class PostgresBackend(ClaimingBackend):
         self._local().doorbell.notify()
         return ids
 
+    async def _store_unique(
+        self,
+        tasks: Sequence[Task[Any]],
+        ids: list[TaskId],
+        args: tuple[Any, ...],
+        connection: Any,
+    ) -> list[TaskId]:
+        """``_store`` for tasks with unique keys: release, insert, read the holders.
+
+        Pushers racing for the same keys may deadlock on the keys' index entries
+        (PostgreSQL then rolls one back) or find a holder gone by the time they read
+        it (vacuumed): the whole transaction runs again, a few times at most.
+        """
+        keys = sorted({task.unique_key for task in tasks if task.unique_key is not None})
+        args = (*args, [task.unique_key for task in tasks], [task.unique_until for task in tasks])
+        sql = self._sql
+
+        async def attempt(conn: asyncpg.Connection, *, theirs: bool) -> dict[str, TaskId]:
+            await conn.execute(sql.release_keys, self.queue, keys, self.clock())
+            await self._insert(conn, ids, args, theirs=theirs, statement=sql.insert_unique)
+            rows = await conn.fetch(sql.key_holders, self.queue, keys)
+            holders: dict[str, TaskId] = {row[0]: row[1] for row in rows}
+            if len(holders) < len(keys):
+                raise _HolderGone  # rolls back this try's inserts
+            return holders
+
+        if connection is not None:  # the caller's transaction: one try, theirs to redo
+            _check_connection(connection)
+            try:
+                with self._translated():
+                    holders = await attempt(connection, theirs=True)
+            except _HolderGone:
+                raise BackendUnavailable(
+                    f"{self.where}: a unique key's holder was deleted while pushing; roll "
+                    "back your transaction and try again"
+                ) from None
+            return answer_ids(tasks, holders)
+        for tries_left in reversed(range(_UNIQUE_TRIES)):
+            async with self._connection() as conn:
+                try:
+                    async with conn.transaction():
+                        holders = await attempt(conn, theirs=False)
+                    break
+                except (asyncpg.TransactionRollbackError, _HolderGone):
+                    if not tries_left:
+                        raise BackendUnavailable(
+                            f"{self.where}: pushers kept racing for the same unique keys "
+                            f"({_UNIQUE_TRIES} tries); try again"
+                        ) from None
+        stored = answer_ids(tasks, holders)
+        if any(a == b for a, b in zip(stored, ids, strict=True)):
+            self._local().doorbell.notify()
+        return stored
+
     async def _insert(
-        self, conn: asyncpg.Connection, ids: list[TaskId], args: tuple[Any, ...], *, theirs: bool
+        self,
+        conn: asyncpg.Connection,
+        ids: list[TaskId],
+        args: tuple[Any, ...],
+        *,
+        theirs: bool,
+        statement: str | None = None,
     ) -> None:
         try:
-            await conn.execute(self._sql.insert, *args)
+            await conn.execute(statement or self._sql.insert, *args)
         except asyncpg.UniqueViolationError as exc:
             match = _DUPLICATE_KEY.search(getattr(exc, "detail", None) or str(exc))
             taken = match.group(1) if match else None
@@ -1069,6 +1169,9 @@ class _Statements:
         self.claim = sql(_CLAIM)
         self.unclaim = sql(_UNCLAIM)
         self.insert = sql(_INSERT)
+        self.release_keys = sql(_RELEASE_KEYS)
+        self.insert_unique = sql(_INSERT_UNIQUE)
+        self.key_holders = sql(_KEY_HOLDERS)
         self.acks = sql(_ACKS)
         self.release = sql(_RELEASE)
         self.reclaim = sql(_RECLAIM)

@@ -35,10 +35,13 @@ from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
+import orjson
+
 from rxqueue.acks import AckBatch
 from rxqueue.backends import _sqlite_schema as schema
 from rxqueue.backends._rows import (
     COLUMN_NAMES,
+    answer_ids,
     claim_order,
     metadata_json,
     read_claimed,
@@ -94,6 +97,21 @@ INSERT INTO tasks (id, queue, args, status, attempts, max_attempts, priority, ru
                    created_at, last_error, metadata)
 VALUES (?, ?, ?, 'Pending', ?, ?, ?, ?, ?, ?, ?)
 """
+
+# Unique keys, in one write transaction: let go of keys whose holders finished (and
+# whose unique_until passed), insert what holds a free key, then read every key's holder.
+_KEYS = "unique_key IS NOT NULL AND unique_key IN (SELECT value FROM json_each(?))"
+_RELEASE_KEYS = f"""
+UPDATE tasks SET unique_key = NULL
+WHERE queue = ? AND {_KEYS} AND status IN ('Done', 'Killed') AND coalesce(unique_until, 0) <= ?
+"""
+_INSERT_UNIQUE = """
+INSERT INTO tasks (id, queue, args, status, attempts, max_attempts, priority, run_at,
+                   created_at, last_error, metadata, unique_key, unique_until)
+VALUES (?, ?, ?, 'Pending', ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+"""
+_KEY_HOLDERS = f"SELECT unique_key, id FROM tasks WHERE queue = ? AND {_KEYS}"
 
 # Acks apply only while the acking worker still holds the lease.
 _HELD = f"WHERE id = ? AND lock_by = ? AND attempts = ? AND {_ACTIVE}"  # this very claim
@@ -365,23 +383,39 @@ class SqliteBackend(ClaimingBackend):
         self, tasks: Sequence[Task[Any]], payloads: Sequence[bytes], connection: Any = None
     ) -> list[TaskId]:
         ids = [task.id for task in tasks]
+        keys = [task.unique_key for task in tasks if task.unique_key is not None]
         rows = [
             (task.id, self.queue, payload, task.attempts, task.max_attempts, task.priority,
              task.run_at, task.created_at, task.last_error, metadata_json(task))
             for task, payload in zip(tasks, payloads, strict=True)
         ]  # fmt: skip
+        queue, now = self.queue, self.clock()
 
-        def insert(conn: sqlite3.Connection) -> None:
+        def insert(conn: sqlite3.Connection) -> dict[str, TaskId]:
             try:
-                conn.executemany(_INSERT, rows)
+                if not keys:
+                    conn.executemany(_INSERT, rows)
+                    return {}
+                wanted = orjson.dumps(keys).decode()
+                conn.execute(_RELEASE_KEYS, (queue, wanted, now))
+                keyed = [
+                    (*row, task.unique_key, task.unique_until)
+                    for row, task in zip(rows, tasks, strict=True)
+                ]
+                conn.executemany(_INSERT_UNIQUE, keyed)
+                return dict(conn.execute(_KEY_HOLDERS, (queue, wanted)).fetchall())
             except sqlite3.IntegrityError as exc:
                 raise _DuplicateId(str(exc)) from exc
 
         try:
-            await self._write(insert)
+            holders = await self._write(insert)
         except _DuplicateId:
             taken = await self._read(partial(_first_existing, ids=ids))
             raise TaskExists(taken or "?") from None
+        if holders:
+            ids = answer_ids(tasks, holders)
+            if all(task_id != task.id for task_id, task in zip(ids, tasks, strict=True)):
+                return ids  # nothing new: nobody to wake
         self._local().doorbell.notify()
         return ids
 
