@@ -25,6 +25,7 @@ import aiosqlite
 import rxqueue
 from rxqueue import (
     BackendBuilder,
+    Cancelled,
     Capability,
     CustomBackend,
     Demand,
@@ -177,8 +178,9 @@ async def ack(db: aiosqlite.Connection, config: Config, task: Task[Any], outcome
     elif isinstance(outcome, Retry):
         change = "status = 'Failed', lock_by = NULL, run_at = ?, last_error = ?"
         values = (outcome.at, outcome.error)
-    else:
-        change = "status = 'Killed', lock_by = NULL, last_error = ?, done_at = ?"
+    else:  # Killed, or Cancelled (by request): both final
+        final = "Cancelled" if isinstance(outcome, Cancelled) else "Killed"
+        change = f"status = '{final}', lock_by = NULL, last_error = ?, done_at = ?"
         values = (outcome.error, time.time())
     started = isinstance(outcome, Started)
     async with config.lock:

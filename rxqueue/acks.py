@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rxqueue.task import Done, Killed, Retry, Started, Task, TaskId, Update
+from rxqueue.task import Cancelled, Done, Killed, Retry, Started, Task, TaskId, Update
 
 
 @dataclass(slots=True)
@@ -30,6 +30,7 @@ class AckBatch:
     done: list[tuple[Task[Any], bytes | None]] = field(default_factory=list)
     retried: list[tuple[Task[Any], Retry]] = field(default_factory=list)
     killed: list[tuple[Task[Any], Killed]] = field(default_factory=list)
+    cancelled: list[tuple[Task[Any], Cancelled]] = field(default_factory=list)
 
     @classmethod
     def of(cls, worker: str, updates: Iterable[tuple[Task[Any], Update]]) -> AckBatch:
@@ -51,22 +52,25 @@ class AckBatch:
                 batch.retried.append((task, update))  # type: ignore[arg-type]
             elif kind is Killed:
                 batch.killed.append((task, update))  # type: ignore[arg-type]
+            elif kind is Cancelled:
+                batch.cancelled.append((task, update))  # type: ignore[arg-type]
             else:
                 raise TypeError(
                     f"AckBatch: unknown update {update!r} for task {task.id}; "
-                    "expected Started, Done, Retry or Killed"
+                    "expected Started, Done, Retry, Killed or Cancelled"
                 )
         return batch
 
     def __len__(self) -> int:
-        return len(self.started) + len(self.done) + len(self.retried) + len(self.killed)
+        return len(self.started) + self.outcomes
 
     @property
     def finished(self) -> list[TaskId]:
-        """Ids of tasks this batch ends (Done or Killed): ``wait_for`` callers wake."""
-        return [task.id for task, _ in self.done] + [task.id for task, _ in self.killed]
+        """Ids of tasks this batch ends (Done, Killed, Cancelled): ``wait_for`` callers wake."""
+        ended = [task.id for task, _ in self.done] + [task.id for task, _ in self.killed]
+        return ended + [task.id for task, _ in self.cancelled]
 
     @property
     def outcomes(self) -> int:
         """How many outcomes (not Started markers) the batch holds."""
-        return len(self.done) + len(self.retried) + len(self.killed)
+        return len(self.done) + len(self.retried) + len(self.killed) + len(self.cancelled)

@@ -32,10 +32,11 @@ class Status(enum.StrEnum):
     RUNNING = "Running"
     DONE = "Done"
     FAILED = "Failed"  # an attempt failed; will run again at run_at
-    KILLED = "Killed"  # attempts exhausted, aborted or cancelled
+    KILLED = "Killed"  # attempts exhausted or aborted
+    CANCELLED = "Cancelled"  # by request (backend.cancel); never retried
 
 
-TERMINAL: Final = frozenset({Status.DONE, Status.KILLED})
+TERMINAL: Final = frozenset({Status.DONE, Status.KILLED, Status.CANCELLED})
 ACTIVE: Final = frozenset({Status.QUEUED, Status.RUNNING})
 READY: Final = frozenset({Status.PENDING, Status.FAILED})
 
@@ -391,7 +392,18 @@ class Killed:
     error: str
 
 
-Outcome: TypeAlias = Done | Retry | Killed
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """Cancelled by request: the attempt was cut short (or never started); final."""
+
+    reason: str
+
+    @property
+    def error(self) -> str:
+        return f"cancelled: {self.reason}"
+
+
+Outcome: TypeAlias = Done | Retry | Killed | Cancelled
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,4 +417,4 @@ class Started:
     at: float
 
 
-Update: TypeAlias = Started | Done | Retry | Killed
+Update: TypeAlias = Started | Done | Retry | Killed | Cancelled

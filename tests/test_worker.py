@@ -649,6 +649,9 @@ async def test_one_running_attempt_can_be_cancelled_and_its_consumer_goes_on() -
         assert worker.cancel(slow, "user asked") is True
         assert worker.cancel("not-running", "x") is False
         summary = await running
-    assert seen == [1, 2, 3] and (summary.done, summary.killed) == (3, 1)
+    assert seen == [1, 2, 3] and (summary.done, summary.cancelled, summary.killed) == (3, 1, 0)
     task = await backend.get(slow)
-    assert task is not None and task.last_error == "cancelled: user asked"
+    assert task is not None and (task.status, task.last_error) == (
+        Status.CANCELLED,
+        "cancelled: user asked",
+    )

@@ -80,9 +80,11 @@ class Capability(enum.StrEnum):
     RETRY = "retry"  # Failed tasks come back at run_at
     TRANSACTIONS = "transactions"  # push(..., connection=conn) joins the caller's transaction
     UNIQUE = "unique"  # push(..., unique_key=...) is idempotent, enforced by the store
+    CANCEL = "cancel"  # cancel(task_id) ends a waiting task, or a running one in its worker
 
 
 ALL_CAPABILITIES = frozenset(Capability) - {Capability.TRANSACTIONS}
+CancelRequest = tuple[TaskId, str]  # (task id, reason) for the worker that holds the task
 
 
 class _Lifecycle:
@@ -424,8 +426,10 @@ class Backend(ABC):
     async def register_worker(self, worker: str) -> None:
         """Called once when a worker starts; refuses a name that is alive."""
 
-    async def heartbeat(self, worker: str) -> None:
-        """Called every heartbeat interval while a worker runs."""
+    async def heartbeat(self, worker: str) -> Sequence[CancelRequest]:
+        """Called every heartbeat interval while a worker runs; returns the cancel
+        requests for tasks that worker holds (it cancels them and acks Cancelled)."""
+        return ()
 
     async def unregister_worker(self, worker: str) -> None:
         """Called once when a worker stops."""
@@ -529,6 +533,41 @@ class Backend(ABC):
 
     async def _retry(self, task_id: TaskId) -> None:
         raise NotImplementedError
+
+    async def cancel(self, task_id: TaskId, reason: str = "cancelled by request") -> Status:
+        """Cancel a task: never retried, it ends ``Cancelled`` with ``reason``.
+
+        A waiting task (Pending, or Failed awaiting a retry) ends at once. A claimed
+        or running one is cancelled in the worker that holds it: at once in this
+        process, within one heartbeat interval in another; its handler sees
+        ``CancelledError`` at its next await (``ctx.cancelled`` turns true), and
+        the worker goes on. Returns the status the task has now (``Cancelled``,
+        or ``Queued``/``Running`` while the request travels, or the final status
+        of a task that had already finished, which is left as it is).
+        """
+        self._require(Capability.CANCEL)
+        if not isinstance(reason, str) or not reason:
+            raise InvalidOption(f"reason must be a non-empty string, got {reason!r}")
+        await self.open()
+        status = await self._cancel(task_id, reason)
+        local = self._local()
+        if status is Status.CANCELLED:
+            local.finished([task_id])
+        elif status in (Status.QUEUED, Status.RUNNING):
+            local.cancel_requested([(task_id, reason)])
+        return status
+
+    async def _cancel(self, task_id: TaskId, reason: str) -> Status:
+        """End a waiting task as Cancelled, or record the request on a claimed one
+        (for its holder's heartbeat); return the task's status after the call."""
+        raise NotImplementedError
+
+    def on_cancel(
+        self, listener: Callable[[builtins.list[CancelRequest]], None]
+    ) -> Callable[[], None]:
+        """Call ``listener(requests)`` when tasks of this store are asked to cancel in
+        this process (a worker cancels those it holds at once); returns the undo."""
+        return self._local().on_cancel(listener)
 
     async def kill(self, task_id: TaskId, reason: str = "killed by request") -> None:
         """Kill a task that has not finished. A claimed task not yet started does not

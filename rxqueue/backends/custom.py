@@ -278,6 +278,7 @@ class CustomBackend(Backend):
         updates += [(task, Done(result)) for task, result in batch.done]
         updates += batch.retried
         updates += batch.killed
+        updates += batch.cancelled
         for task, outcome in updates:
             answer = self._ack(self.db, self.config, task, outcome)
             if inspect.isawaitable(answer):

@@ -19,17 +19,19 @@ from rxqueue.streams import Doorbell, Wakeup
 from rxqueue.task import TaskId
 
 Revoked = Callable[[list[TaskId]], None]
+CancelRequests = Callable[[list[tuple[TaskId, str]]], None]
 
 
 class LocalChannel:
     """The in-process side of one store: see the module docstring."""
 
-    __slots__ = ("doorbell", "revocation_listeners", "waiters")
+    __slots__ = ("cancel_listeners", "doorbell", "revocation_listeners", "waiters")
 
     def __init__(self, doorbell: Doorbell | None = None) -> None:
         self.doorbell: Doorbell = doorbell or Wakeup()
         self.waiters: dict[TaskId, list[asyncio.Future[None]]] = {}
         self.revocation_listeners: list[Revoked] = []
+        self.cancel_listeners: list[CancelRequests] = []
 
     def watch(self, task_id: TaskId) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -65,6 +67,20 @@ class LocalChannel:
     def revoked(self, task_ids: list[TaskId]) -> None:
         for listener in list(self.revocation_listeners):
             listener(task_ids)
+
+    def on_cancel(self, listener: CancelRequests) -> Callable[[], None]:
+        """Call ``listener([(id, reason)])`` when running tasks are asked to cancel."""
+        self.cancel_listeners.append(listener)
+
+        def undo() -> None:
+            with contextlib.suppress(ValueError):
+                self.cancel_listeners.remove(listener)
+
+        return undo
+
+    def cancel_requested(self, requests: list[tuple[TaskId, str]]) -> None:
+        for listener in list(self.cancel_listeners):
+            listener(requests)
 
 
 _CHANNELS: weakref.WeakKeyDictionary[

@@ -47,6 +47,7 @@ class _Row:
     __slots__ = (
         "args",
         "attempts",
+        "cancel_reason",
         "created_at",
         "done_at",
         "id",
@@ -85,6 +86,7 @@ class _Row:
         self.unique_key = task.unique_key
         self.unique_until = task.unique_until
         self.version = 0  # bumped whenever the row re-enters a heap; stale entries skip
+        self.cancel_reason: str | None = None  # asked to cancel while claimed
 
     def snapshot(self) -> Task[Any]:
         return _SNAPSHOT(_ROW_VALUES(self))
@@ -265,6 +267,13 @@ class MemoryBackend(Backend):
                 continue
             self._end(row, Status.KILLED, now)
             row.last_error = killed.error
+        for task, cancelled in batch.cancelled:
+            row = self._held(task, worker)
+            if row is None:
+                refused.append(task.id)
+                continue
+            self._end(row, Status.CANCELLED, now)
+            row.last_error = cancelled.error
         local = self._local()
         if batch.retried:
             local.doorbell.notify()
@@ -281,6 +290,10 @@ class MemoryBackend(Backend):
         for task in tasks:
             row = self._rows.get(task.id)
             if row is not None and row.lock_by == worker and row.status is Status.QUEUED:
+                if row.cancel_reason is not None:  # asked to cancel: it must not run again
+                    self._cancelled(row, row.cancel_reason)
+                    self._local().finished([row.id])
+                    continue
                 self._unlock(row)
                 row.status = Status.PENDING
                 self._enqueue(row)
@@ -305,8 +318,14 @@ class MemoryBackend(Backend):
         self._expire(worker, now, only_older=False)
         self._heartbeats[worker] = now
 
-    async def heartbeat(self, worker: str) -> None:
+    async def heartbeat(self, worker: str) -> list[tuple[TaskId, str]]:
         self._heartbeats[worker] = self.clock()
+        requests: list[tuple[TaskId, str]] = []
+        for task_id in self._locked.get(worker, ()):
+            row = self._rows.get(task_id)
+            if row is not None and row.cancel_reason is not None and row.status in ACTIVE:
+                requests.append((task_id, row.cancel_reason))
+        return requests
 
     async def unregister_worker(self, worker: str) -> None:
         self._heartbeats.pop(worker, None)
@@ -336,6 +355,11 @@ class MemoryBackend(Backend):
                 held.discard(task_id)
                 continue
             if only_older and row.lock_at is not None and now - row.lock_at < self.lease_timeout:
+                continue
+            if row.cancel_reason is not None:  # asked to cancel: it must not run again
+                self._cancelled(row, row.cancel_reason)
+                killed.append(row.id)
+                expired += 1
                 continue
             self._unlock(row)
             row.attempts += 1
@@ -390,6 +414,21 @@ class MemoryBackend(Backend):
         row.done_at = None
         row.max_attempts = max(row.max_attempts, row.attempts + 1)
         self._enqueue(row)
+
+    async def _cancel(self, task_id: TaskId, reason: str) -> Status:
+        row = self._row(task_id)
+        if row.status in READY:
+            self._cancelled(row, reason)
+        elif row.status in ACTIVE:
+            row.cancel_reason = reason  # its worker cancels it: at once here, or at a heartbeat
+        return row.status
+
+    def _cancelled(self, row: _Row, reason: str) -> None:
+        self._unlock(row)
+        row.version += 1  # drop it from the heaps
+        row.status = Status.CANCELLED
+        row.last_error = f"cancelled: {reason}"
+        row.done_at = self.clock()
 
     async def _kill(self, task_id: TaskId, reason: str) -> bool:
         row = self._row(task_id)

@@ -613,7 +613,7 @@ class PostgresBackend(ClaimingBackend):
     ``heartbeat_interval`` is how often workers send one.
     """
 
-    capabilities = ALL_CAPABILITIES | {Capability.TRANSACTIONS}
+    capabilities = (ALL_CAPABILITIES | {Capability.TRANSACTIONS}) - {Capability.CANCEL}
 
     def __init__(
         self,
@@ -1041,11 +1041,12 @@ class PostgresBackend(ClaimingBackend):
             )
         self._expired([row for row in orphans if row[0] is not None])
 
-    async def heartbeat(self, worker: str) -> None:
+    async def heartbeat(self, worker: str) -> list[tuple[TaskId, str]]:
         await self._execute(
             self._sql.heartbeat,
             self.queue, worker, self.clock(), os.getpid(), socket.gethostname(),
         )  # fmt: skip
+        return []
 
     async def unregister_worker(self, worker: str) -> None:
         """Forget the worker (only this process's registration of the name)."""

@@ -48,7 +48,7 @@ from rxqueue.backends._rows import (
     read_shown,
 )
 from rxqueue.backends._sqlite_connection import Connection, Job
-from rxqueue.backends.base import ALL_CAPABILITIES, ClaimingBackend
+from rxqueue.backends.base import ALL_CAPABILITIES, Capability, ClaimingBackend
 from rxqueue.clock import Clock, system_clock
 from rxqueue.codec import DEFAULT_CODEC, Codec
 from rxqueue.errors import (
@@ -242,7 +242,7 @@ class SqliteBackend(ClaimingBackend):
     See the module docstring for ``durability``.
     """
 
-    capabilities = ALL_CAPABILITIES
+    capabilities = ALL_CAPABILITIES - {Capability.CANCEL}
 
     def __init__(
         self,
@@ -463,9 +463,10 @@ class SqliteBackend(ClaimingBackend):
 
         self._expired(await self._write(register))
 
-    async def heartbeat(self, worker: str) -> None:
+    async def heartbeat(self, worker: str) -> list[tuple[TaskId, str]]:
         row = (self.queue, worker, self.clock(), os.getpid(), socket.gethostname())
         await self._write(partial(_executemany, statement=_HEARTBEAT, rows=[row]))
+        return []
 
     async def unregister_worker(self, worker: str) -> None:
         """Forget the worker (only this process's registration of the name)."""

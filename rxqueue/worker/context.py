@@ -37,6 +37,7 @@ class WorkerContext(Ledger):
         )
         self.concurrency = concurrency
         self._data: dict[type, Any] = dict(data or {})
+        self.cancelled: set[TaskId] = set()  # tasks asked to cancel, until their outcome
 
     def data(self, kind: type[D]) -> D:
         """The object registered with ``WorkerBuilder.data(obj)`` for ``kind``."""
@@ -81,6 +82,12 @@ class TaskContext:
     @property
     def queue(self) -> str:
         return self.task.queue
+
+    @property
+    def cancelled(self) -> bool:
+        """True once this task was asked to cancel: a handler that polls may stop here
+        (one that awaits sees ``CancelledError`` at its next await anyway)."""
+        return self.task.id in self.worker.cancelled
 
     @property
     def worker_name(self) -> str:

@@ -28,10 +28,11 @@ class RunSummary:
     elapsed: float
     released: int = 0
     lost: int = 0
+    cancelled: int = 0
 
     @property
     def processed(self) -> int:
-        return self.done + self.retried + self.killed
+        return self.done + self.retried + self.killed + self.cancelled
 
     @property
     def tasks_per_second(self) -> float:
@@ -90,6 +91,16 @@ class Killed:
 
 
 @dataclass(frozen=True, slots=True)
+class Cancelled:
+    """The task was cancelled by request (``backend.cancel`` or ``worker.cancel``)."""
+
+    worker: str
+    task_id: TaskId
+    attempt: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class FetcherError:
     """The fetcher raised; the worker stops unless the backend was piped through ops.retry."""
 
@@ -144,6 +155,7 @@ Event: TypeAlias = (
     | Failed
     | Retrying
     | Killed
+    | Cancelled
     | FetcherError
     | AckError
     | LeaseLost

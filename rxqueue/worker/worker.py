@@ -31,7 +31,7 @@ from rxqueue.backends.sink import SinkObserver
 from rxqueue.backoff import constant
 from rxqueue.errors import BackendUnavailable, CodecError, WorkerError
 from rxqueue.streams import ObservableIterator, to_async_iterable
-from rxqueue.task import Done, Killed, Outcome, Retry, Started, Task, TaskId, Update
+from rxqueue.task import Cancelled, Done, Killed, Outcome, Retry, Started, Task, TaskId, Update
 from rxqueue.worker import events as ev
 from rxqueue.worker.context import TaskContext, WorkerContext
 from rxqueue.worker.handler import HandlerSpec
@@ -235,6 +235,8 @@ class _Run:
         self.started: dict[TaskId, tuple[Task[Any], float]] = {}
         self.to_release: list[Task[Any]] = []  # dropped inside the pipe: back to the store
         self.revoked: set[TaskId] = set()  # killed in the store while buffered: never start
+        # Asked to cancel while buffered: they end Cancelled without starting.
+        self.cancel_unstarted: dict[TaskId, str] = {}
         # Per-attempt cancel scopes: which consumer runs each task, and pending requests.
         self.running: dict[TaskId, asyncio.Task[Any]] = {}
         self.cancel_requests: dict[TaskId, str] = {}
@@ -243,7 +245,7 @@ class _Run:
         self.flush_timer: asyncio.TimerHandle | None = None
         self.closing = False
         # What the store recorded (acks that succeeded), so the summary is the truth.
-        self.done = self.retried = self.killed = self.released = self.lost = 0
+        self.done = self.retried = self.killed = self.cancelled = self.released = self.lost = 0
         self.ctx = WorkerContext(
             worker.name,
             concurrency=worker.settings.concurrency,
@@ -288,6 +290,7 @@ class _Run:
         await backend.register_worker(worker.name)
         detach = backend.attach(self._stop_and_wait)
         undo_revoked = backend.on_revoked(self._on_revoked)
+        undo_cancel = backend.on_cancel(self._cancel_requested)
         if worker._observed:
             worker._emit(ev.Started(worker.name, worker.clock()))
         consumers = [loop.create_task(self._consume()) for _ in range(worker.settings.concurrency)]
@@ -314,6 +317,7 @@ class _Run:
         finally:
             undo_signals()
             undo_revoked()
+            undo_cancel()
             ctx.stopping = True
             for feed in feeds:
                 feed.dispose()
@@ -338,6 +342,7 @@ class _Run:
             failed=self.retried + self.killed,
             retried=self.retried,
             killed=self.killed,
+            cancelled=self.cancelled,
             elapsed=loop.time() - began,
             released=self.released,
             lost=self.lost,
@@ -430,16 +435,33 @@ class _Run:
         self.to_release.extend(tasks)
         self._flush_soon()
 
-    def _on_revoked(self, task_ids: list[TaskId]) -> None:
-        """Tasks killed in the store: those claimed and not started here never start."""
+    def _held_unstarted(self) -> set[TaskId]:
         buffered = {
             task.id
             for item in self.buffer
             for task in (item if isinstance(item, list) else (item,))
         }
-        for task_id in task_ids:
-            if task_id in buffered or task_id in self.ctx.in_transit:
-                self.revoked.add(task_id)
+        return buffered | self.ctx.in_transit.keys()
+
+    def _on_revoked(self, task_ids: list[TaskId]) -> None:
+        """Tasks killed in the store: those claimed and not started here never start."""
+        held = self._held_unstarted()
+        self.revoked.update(task_id for task_id in task_ids if task_id in held)
+
+    def _cancel_requested(self, requests: Sequence[tuple[TaskId, str]]) -> None:
+        """Cancel requests (in-process at once, or from the heartbeat): a running
+        attempt is cancelled; a task not started yet ends Cancelled without running."""
+        held: set[TaskId] | None = None
+        for task_id, reason in requests:
+            self.ctx.cancelled.add(task_id)
+            if self.cancel_attempt(task_id, reason):
+                continue
+            if held is None:
+                held = self._held_unstarted()
+            if task_id in held:
+                self.cancel_unstarted[task_id] = reason
+            else:
+                self.ctx.cancelled.discard(task_id)  # not ours (any more)
 
     # --- consumers ------------------------------------------------------------------
     #
@@ -459,11 +481,12 @@ class _Run:
 
     def cancel_attempt(self, task_id: TaskId, reason: str) -> bool:
         """Cancel the running attempt of ``task_id`` only: its handler sees
-        ``CancelledError`` at its next await, the task ends Killed with ``reason``,
+        ``CancelledError`` at its next await, the task ends Cancelled with ``reason``,
         and its consumer goes on. False if the task is not running here."""
         consumer = self.running.get(task_id)
-        if consumer is None:
-            return False
+        if consumer is None or task_id in self.cancel_requests:
+            return consumer is not None
+        self.ctx.cancelled.add(task_id)
         self.cancel_requests[task_id] = reason
         consumer.cancel()
         return True
@@ -501,6 +524,10 @@ class _Run:
                 ctx.capacity_changed()
                 if self.revoked and item.id in self.revoked:
                     self.revoked.discard(item.id)  # killed while buffered: it must not run
+                    continue
+                if self.cancel_unstarted and item.id in self.cancel_unstarted:
+                    reason = self.cancel_unstarted.pop(item.id)
+                    self._record(item, Cancelled(reason), clock())
                     continue
                 started_at = clock()
                 started[item.id] = (item, started_at)
@@ -542,7 +569,7 @@ class _Run:
         reason = self.cancel_requests.pop(task.id, None)
         if reason is not None:  # this attempt's own cancel scope
             me.uncancel()
-            return Killed(f"cancelled: {reason}")
+            return Cancelled(reason)
         if me.cancelling():
             # The worker is stopping past its shutdown timeout: the attempt ends here.
             self._record(task, _interrupted(task, self.worker.clock()), at)
@@ -556,7 +583,7 @@ class _Run:
         if reason is None:
             return outcome
         me.uncancel()
-        return Killed(f"cancelled: {reason}")
+        return Cancelled(reason)
 
     def _interrupt(self, task: Task[Any], error: BaseException) -> Outcome:
         """KeyboardInterrupt/SystemExit from a handler: this attempt is interrupted and
@@ -591,10 +618,18 @@ class _Run:
     async def _run_batch(self, tasks: list[Task[Any]]) -> None:
         """One call of a batch handler, through the same layers as single tasks."""
         worker, spec = self.worker, self.worker.handler
-        if self.revoked:
-            tasks = [task for task in tasks if task.id not in self.revoked]
-            self.revoked.difference_update(task.id for task in tasks)
         started_at = worker.clock()
+        if self.revoked or self.cancel_unstarted:
+            kept = []
+            for task in tasks:
+                if task.id in self.revoked:
+                    self.revoked.discard(task.id)
+                elif task.id in self.cancel_unstarted:
+                    reason = self.cancel_unstarted.pop(task.id)
+                    self._record(task, Cancelled(reason), started_at)
+                else:
+                    kept.append(task)
+            tasks = kept
         good: list[Task[Any]] = []
         for task in tasks:
             try:
@@ -637,6 +672,8 @@ class _Run:
         self, task: Task[Any], outcome: Outcome, started_at: float, *, encoded: bool = False
     ) -> None:
         self.started.pop(task.id, None)
+        if self.ctx.cancelled:
+            self.ctx.cancelled.discard(task.id)
         if type(outcome) is Done and outcome.result is not None and not encoded:
             outcome = self._encoded(task, outcome)
         self.updates.append((task, outcome))
@@ -668,6 +705,9 @@ class _Run:
         if isinstance(outcome, Done):
             enqueued = max(task.created_at, task.run_at)
             worker._emit(ev.Succeeded(name, task.id, attempt, enqueued, started_at, now))
+            return
+        if isinstance(outcome, Cancelled):
+            worker._emit(ev.Cancelled(name, task.id, attempt, outcome.reason))
             return
         worker._emit(ev.Failed(name, task.id, attempt, outcome.error, started_at, now))
         if isinstance(outcome, Retry):
@@ -736,16 +776,22 @@ class _Run:
             for task in batch.started:
                 if task.id in lost:
                     self._emit_lease_lost(task.id, finished=False)
-        for entries, kind in ((batch.done, "done"), (batch.retried, "retried"),
-                              (batch.killed, "killed")):  # fmt: skip
-            recorded = len(entries)
-            if lost:
-                for task, _ in entries:
-                    if task.id in lost:
-                        recorded -= 1
-                        self.lost += 1
-                        self._emit_lease_lost(task.id, finished=True)
-            setattr(self, kind, getattr(self, kind) + recorded)
+        self.done += self._recorded(batch.done, lost)
+        self.retried += self._recorded(batch.retried, lost)
+        self.killed += self._recorded(batch.killed, lost)
+        self.cancelled += self._recorded(batch.cancelled, lost)
+
+    def _recorded(self, entries: Sequence[tuple[Task[Any], Any]], lost: set[TaskId]) -> int:
+        if not lost:
+            return len(entries)
+        recorded = 0
+        for task, _ in entries:
+            if task.id in lost:
+                self.lost += 1
+                self._emit_lease_lost(task.id, finished=True)
+            else:
+                recorded += 1
+        return recorded
 
     def _emit_lease_lost(self, task_id: TaskId, *, finished: bool) -> None:
         if self.worker._observed:
@@ -768,7 +814,10 @@ class _Run:
         while True:
             await asyncio.sleep(self.worker.settings.heartbeat_interval)
             try:
-                await backend.heartbeat(name)
+                # The heartbeat carries cancel requests for the tasks this worker holds.
+                requests = await backend.heartbeat(name)
+                if requests:
+                    self._cancel_requested(requests)
                 await backend.reclaim()
             except Exception as exc:  # a missed beat is survivable; the lease is long
                 self._report_ack_error(exc, 0)
