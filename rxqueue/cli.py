@@ -6,6 +6,7 @@
     rxqueue push   sqlite:///tasks.db '{"to": "a@b.c"}' --delay 60 [--priority 5]
     rxqueue retry  sqlite:///tasks.db TASK_ID
     rxqueue kill   sqlite:///tasks.db TASK_ID [--reason TEXT]
+    rxqueue cancel sqlite:///tasks.db TASK_ID [--reason TEXT]   # running ones too
     rxqueue vacuum sqlite:///tasks.db --older-than 86400
     rxqueue worker sqlite:///tasks.db myapp.tasks:send_email --concurrency 8 [--burst]
     rxqueue schema --sql [--schema rxqueue]     # PostgreSQL DDL, for your migration tool
@@ -117,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     kill = command("kill", "kill a task that has not finished")
     kill.add_argument("task_id")
     kill.add_argument("--reason", default="killed from the command line")
+    cancel = command("cancel", "cancel a task: at once if waiting, in its worker if running")
+    cancel.add_argument("task_id")
+    cancel.add_argument("--reason", default="cancelled from the command line")
     vacuum = command("vacuum", "delete finished tasks")
     vacuum.add_argument("--older-than", type=_seconds, default=0.0, help="seconds")
     worker = command("worker", "run a worker (stop with Ctrl-C; creates the file)")
@@ -372,6 +376,14 @@ async def _command(args: argparse.Namespace, handler: Callable[..., Any] | None)
             await backend.retry(args.task_id)
         elif args.command == "kill":
             await backend.kill(args.task_id, args.reason)
+        elif args.command == "cancel":
+            status = await backend.cancel(args.task_id, args.reason)
+            if status is Status.CANCELLED:
+                print(f"{args.task_id} cancelled")
+            elif status in (Status.QUEUED, Status.RUNNING):
+                print(f"{args.task_id} is {status.value}: its worker cancels it at its next beat")
+            else:
+                print(f"{args.task_id} had already finished ({status.value}); left as it is")
         elif args.command == "vacuum":
             print(f"deleted {await backend.vacuum(older_than=args.older_than)} finished tasks")
         elif args.command == "worker":
