@@ -1,14 +1,20 @@
-"""``python -m benchmarks [all|memory|sqlite] [--only ...] [--n N] [--repeat R] [--quick]``."""
+"""``python -m benchmarks [all|memory|sqlite] [--only ...] [--n N] [--repeat R] [--quick]``.
+
+Every figure is printed beside its baseline, measured in the same invocation,
+interleaved; the last table sums up the targets. ``python -m benchmarks.profiling
+[memory|sqlite]`` shows where a task's time goes.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import platform
 import time
 
 from benchmarks import memory, sqlite
-from benchmarks.common import Report, summary_table
+from benchmarks.common import Report, code_version, summary_table
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -24,7 +30,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         help="tasks per end-to-end run (memory: 100,000; sqlite e2e/peers: 50,000)",
     )
-    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (median)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        help="runs per measurement, the median is reported (default: memory 5, sqlite 3)",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     args = parser.parse_args(argv)
     args.only = [part.strip() for part in args.only.split(",") if part.strip()]
@@ -34,19 +44,34 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def load() -> str:
+    """The load average, a hint of how much else ran on the machine meanwhile."""
+    try:
+        one, five, _ = os.getloadavg()
+    except OSError:
+        return "load unknown"
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    print(f"# rxqueue benchmarks ({platform.python_version()}, {time.strftime('%Y-%m-%d')})\n")
+    print(
+        f"# rxqueue benchmarks (rxqueue {code_version()}, Python {platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, {load()})\n",
+        flush=True,
+    )
     report = Report()
     if args.suite in ("all", "memory"):
         n = args.n or (10_000 if args.quick else 100_000)
-        report.extend(memory.main(n, args.repeat))
+        report.extend(memory.main(n, args.repeat or (3 if args.quick else 5)))
     if args.suite in ("all", "sqlite"):
         sizes = sqlite.QUICK if args.quick else sqlite.Sizes()
         if args.n:
             sizes = dataclasses.replace(sizes, n=args.n)
-        report.extend(sqlite.main(args.only, sizes, args.repeat))
-    print(summary_table(report.verdicts).render())
+        report.extend(sqlite.main(args.only, sizes, args.repeat or 3))
+    summary = summary_table(report.verdicts)
+    summary.notes.append(f"at the end: {load()}; other processes on the machine skew figures")
+    print(summary.render())
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import gc
 import importlib.util
 import math
 import statistics
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -19,6 +20,25 @@ Measure = Callable[[], float]
 SQLITE_MISSING = "rxqueue sqlite backend not available yet"
 ROOT = Path(__file__).resolve().parent.parent  # subprocesses run from here
 PROBES = (sys.executable, "-m", "benchmarks.probes")
+
+
+def code_version() -> str:
+    """The rxqueue under test: commit, and whether ``rxqueue/`` has uncommitted changes."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", "rxqueue"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    if not head:
+        return "unknown"
+    return f"{head}{' + uncommitted rxqueue/ changes' if changed else ''}"
 
 
 def interleave(runs: Mapping[str, Measure], repeat: int) -> dict[str, list[float]]:
@@ -54,6 +74,17 @@ def fmt_ratio(value: float) -> str:
 
 def fmt_ms(seconds: float) -> str:
     return "n/a" if math.isnan(seconds) else f"{seconds * 1000:.2f} ms"
+
+
+def fmt_us(seconds: float) -> str:
+    return "n/a" if math.isnan(seconds) else f"{seconds * 1e6:.2f} µs"
+
+
+def spread(values: Sequence[float], fmt: Callable[[float], str]) -> str:
+    """``min-max`` of ``values`` in ``fmt``, for the summary's spread column."""
+    if not values:
+        return "n/a"
+    return f"{fmt(min(values))} - {fmt(max(values))}"
 
 
 @dataclass
@@ -95,6 +126,7 @@ class Verdict:
     figure: str
     target: str = ""
     met: bool | None = None
+    spread: str = ""
 
     @property
     def status(self) -> str:
@@ -118,14 +150,24 @@ class Report:
 
 
 def rate_table(
-    title: str, results: Mapping[str, Sequence[float]], reference: str, label: str = "rxqueue"
+    title: str,
+    results: Mapping[str, Sequence[float]],
+    reference: str,
+    label: str = "rxqueue",
+    *,
+    per_reference: bool = False,
 ) -> Table:
-    """Medians of throughput runs, every run, and ``reference`` / each median."""
-    table = Table(title, ("run", "tasks/s (median)", "all runs", f"{label} / this"))
+    """Medians of throughput runs, every run, and ``reference`` / each median
+    (``per_reference``: each median / ``reference``, the column "this / label")."""
+    column = f"this / {label}" if per_reference else f"{label} / this"
+    table = Table(title, ("run", "tasks/s (median)", "all runs", column))
     ref = median(results.get(reference, []))
     for name, runs in results.items():
         value = median(runs)
-        ratio = "-" if name == reference else fmt_ratio(ref / value)
+        if name == reference:
+            ratio = "-"
+        else:
+            ratio = fmt_ratio(value / ref if per_reference else ref / value)
         table.add(name, fmt_rate(value), " / ".join(fmt_rate(r) for r in runs), ratio)
     return table
 
@@ -137,10 +179,15 @@ def ratio(results: Mapping[str, Sequence[float]], top: str, bottom: str) -> floa
     return median(results[top]) / median(results[bottom])
 
 
+def round_ratios(results: Mapping[str, Sequence[float]], top: str, bottom: str) -> list[float]:
+    """``top / bottom`` per interleaved round: the spread of a ratio."""
+    return [a / b for a, b in zip(results.get(top, ()), results.get(bottom, ()), strict=False)]
+
+
 def summary_table(verdicts: Sequence[Verdict]) -> Table:
-    table = Table("Summary", ("benchmark", "figure (median)", "target", "status"))
+    table = Table("Summary", ("benchmark", "figure (median)", "spread (runs)", "target", "status"))
     for v in verdicts:
-        table.add(v.benchmark, v.figure, v.target or "-", v.status)
+        table.add(v.benchmark, v.figure, v.spread or "-", v.target or "-", v.status)
     return table
 
 

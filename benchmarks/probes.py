@@ -3,13 +3,19 @@
 Also run as a subprocess, for work that must come from another process:
 
     python -m benchmarks.probes pusher URL QUEUE COUNT INTERVAL
-    python -m benchmarks.probes rss URL QUEUE TASKS      # prints one JSON line
+    python -m benchmarks.probes rss URL QUEUE TASKS               # prints one JSON line
+    python -m benchmarks.probes idle URL QUEUE SECONDS SETTLE MODE  # prints one JSON line
+
+``idle`` MODE: ``doorbell`` (a worker at the defaults), ``poll-only`` (a worker
+whose backend has no cross-process doorbell, as before it existed) or
+``asyncio`` (an event loop that only sleeps: the floor).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -18,19 +24,52 @@ import psutil  # type: ignore[import-untyped]
 
 import rxqueue
 from benchmarks.common import PROBES, ROOT, noop, payloads
+from rxqueue.streams import Doorbell, Wakeup
 
 CONCURRENCY = 16
 SEED_CHUNK = 10_000
 
 
 def build(
-    backend: rxqueue.Backend, handler: Any, name: str = "bench", prefetch: int | None = None
+    backend: rxqueue.Backend,
+    handler: Any,
+    name: str = "bench",
+    prefetch: int | None = None,
+    concurrency: int = CONCURRENCY,
 ) -> rxqueue.Worker:
-    """A worker with concurrency 16 and otherwise the defaults (prefetch: 16)."""
-    builder = rxqueue.WorkerBuilder(name).backend(backend).concurrency(CONCURRENCY)
+    """``WorkerBuilder(name).concurrency(concurrency)`` (16 unless given), the defaults
+    otherwise (prefetch: concurrency x batch size), or ``.prefetch(prefetch)``."""
+    builder = rxqueue.WorkerBuilder(name).backend(backend).concurrency(concurrency)
     if prefetch is not None:
         builder = builder.prefetch(prefetch)
     return builder.build(handler)
+
+
+def connect(url: str, queue: str, *, doorbell: bool = True) -> rxqueue.Backend:
+    """``rxqueue.connect(url, queue=queue)``; ``doorbell=False``: a SQLite backend that
+    hears pushes of its own process only and finds the others by polling."""
+    if doorbell:
+        return rxqueue.connect(url, queue=queue)
+    from rxqueue.backends.sqlite import SqliteBackend
+
+    class PollOnly(SqliteBackend):
+        def _make_doorbell(self) -> Doorbell:
+            return Wakeup()
+
+    return PollOnly.from_url(url, queue=queue)
+
+
+def doorbell_listening(backend: rxqueue.Backend) -> bool:
+    """Is a cross-process doorbell socket of this process bound for ``backend``'s queue?
+    (Call it in the worker's event loop.)"""
+    directory = getattr(backend._local().doorbell, "directory", None)
+    if not isinstance(directory, str):
+        return False  # an in-process doorbell only
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return False
+    return any(name.startswith(f"{os.getpid()}-") and name.endswith(".sock") for name in names)
 
 
 async def seed(url: str, queue: str, n: int) -> None:
@@ -40,10 +79,19 @@ async def seed(url: str, queue: str, n: int) -> None:
     await backend.close()
 
 
-async def end_to_end(url: str, queue: str, prefetch: int | None = None) -> tuple[int, float]:
-    """Drain a seeded queue with ``run_until_idle``: (tasks done, seconds)."""
+async def prepare(url: str) -> None:
+    """Create the database and its schema."""
+    backend = rxqueue.connect(url)
+    await backend.open()
+    await backend.close()
+
+
+async def end_to_end(
+    url: str, queue: str, concurrency: int = CONCURRENCY, prefetch: int | None = None
+) -> tuple[int, float]:
+    """Drain a seeded queue with ``run_until_idle``: (tasks done, seconds, opening included)."""
     backend = rxqueue.connect(url, queue=queue)
-    worker = build(backend, noop, prefetch=prefetch)
+    worker = build(backend, noop, prefetch=prefetch, concurrency=concurrency)
     start = time.perf_counter()
     summary = await worker.run_until_idle()
     elapsed = time.perf_counter() - start
@@ -88,11 +136,20 @@ async def push_periodically(backend: rxqueue.Backend, count: int, interval: floa
         await asyncio.sleep(max(0.0, start + (i + 1) * interval - loop.time()))
 
 
-async def latency(url: str, seconds: float, interval: float, other_process: bool) -> list[float]:
-    """Push -> handler start, in seconds, for tasks pushed here or by a subprocess."""
+async def latency(
+    url: str,
+    *,
+    count: int,
+    interval: float,
+    idle_before: float,
+    other_process: bool,
+    doorbell: bool = True,
+) -> list[float]:
+    """Push -> handler start, in seconds, of ``count`` tasks pushed one every
+    ``interval`` seconds, here or by a subprocess, to a worker (at the defaults,
+    concurrency 16) that was idle ``idle_before`` seconds first (its poll backed off)."""
     queue = "latency"
-    count = round(seconds / interval)
-    backend = rxqueue.connect(url, queue=queue)
+    backend = connect(url, queue, doorbell=doorbell)
     samples: list[float] = []
     all_seen = asyncio.Event()
 
@@ -103,7 +160,7 @@ async def latency(url: str, seconds: float, interval: float, other_process: bool
 
     worker = build(backend, handler, "latency")
     running = asyncio.create_task(worker.run(handle_signals=False))
-    await asyncio.sleep(0.5)  # the worker is up, idle, and backing off
+    await asyncio.sleep(idle_before)  # the worker is up, idle, and its poll backed off
     if other_process:
         args = ["pusher", url, queue, str(count), str(interval)]
         child = await asyncio.create_subprocess_exec(*PROBES, *args, cwd=ROOT)
@@ -121,25 +178,32 @@ async def latency(url: str, seconds: float, interval: float, other_process: bool
     return samples
 
 
-def cpu_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
-
-
-async def idle_cpu(url: str, seconds: float) -> float:
-    """Share of one core a worker uses on an empty queue (after a 0.5 s settle)."""
-    backend = rxqueue.connect(url, queue="idle")
+async def idle_cpu(
+    url: str, queue: str, seconds: float, settle: float, mode: str
+) -> dict[str, Any]:
+    """CPU seconds this process spends over ``seconds`` of idleness, after ``settle``
+    seconds (the poll backs off to its longest interval); see the module docstring."""
+    if mode == "asyncio":
+        await asyncio.sleep(settle)
+        cpu, wall = time.process_time(), time.perf_counter()
+        await asyncio.sleep(seconds)
+        return {
+            "cpu": time.process_time() - cpu,
+            "wall": time.perf_counter() - wall,
+            "listening": None,
+        }
+    backend = connect(url, queue, doorbell=mode == "doorbell")
     worker = build(backend, noop, "idle")
     running = asyncio.create_task(worker.run(handle_signals=False))
-    await asyncio.sleep(0.5)
-    process = psutil.Process()
-    cpu, wall = cpu_seconds(process), time.perf_counter()
+    await asyncio.sleep(settle)
+    cpu, wall = time.process_time(), time.perf_counter()
     await asyncio.sleep(seconds)
-    cpu, wall = cpu_seconds(process) - cpu, time.perf_counter() - wall
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    listening = doorbell_listening(backend)
     worker.stop()
     await running
     await backend.close()
-    return cpu / wall
+    return {"cpu": cpu, "wall": wall, "listening": listening}
 
 
 async def rss_probe(url: str, queue: str, tasks: int) -> dict[str, float]:
@@ -176,6 +240,7 @@ async def rss_probe(url: str, queue: str, tasks: int) -> dict[str, float]:
 
 async def run_pusher(url: str, queue: str, count: int, interval: float) -> None:
     backend = rxqueue.connect(url, queue=queue)
+    await backend.open()  # as a web process's: connected before its first push
     await push_periodically(backend, count, interval)
     await backend.close()
 
@@ -186,6 +251,9 @@ def cli(argv: list[str]) -> None:
             asyncio.run(run_pusher(url, queue, int(count), float(interval)))
         case ["rss", url, queue, tasks]:
             print(json.dumps(asyncio.run(rss_probe(url, queue, int(tasks)))))
+        case ["idle", url, queue, seconds, settle, ("doorbell" | "poll-only" | "asyncio") as mode]:
+            figures = asyncio.run(idle_cpu(url, queue, float(seconds), float(settle), mode))
+            print(json.dumps(figures))
         case _:
             sys.exit(__doc__)
 
