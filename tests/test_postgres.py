@@ -264,6 +264,70 @@ async def test_foreign_tables_in_the_schema_are_refused(schema: str) -> None:
     await backend.close()
 
 
+V2_COLUMNS = (
+    "id, queue, args, status, attempts, max_attempts, priority, run_at, created_at, lock_by, "
+    "lock_at, done_at, last_error, result, metadata::text, unique_key, unique_until"
+)
+V2_ROWS = [
+    ("pending", "default", b'{"n":1}', "Pending", 0, 3, 0, 1.0, 1.0, None, None, None, None,
+     None, None, "k-pending", None),
+    ("queued", "default", b'{"n":2}', "Queued", 1, 3, 5, 1.0, 2.0, "w1", 1.0, None, "boom",
+     None, '{"a": 1}', None, None),
+    ("running", "default", b'{"n":4}', "Running", 0, 3, 0, 1.0, 3.0, "w1", 1.0, None, None,
+     None, None, "k-running", 9e9),
+    ("done", "default", b'{"n":5}', "Done", 1, 3, 0, 1.0, 4.0, None, None, 2.0, None,
+     b'"ok"', None, "k-done", 9e9),
+    ("failed", "other", b'{"n":6}', "Failed", 1, 3, 0, 1.0, 5.0, None, None, None, "again",
+     None, None, None, None),
+    ("killed", "default", b'{"n":9}', "Killed", 3, 3, 0, 1.0, 6.0, None, None, 2.0,
+     "gave up", None, None, None, None),
+]  # fmt: skip
+
+
+async def test_a_version_2_schema_with_tasks_in_every_status_upgrades_for_cancel(
+    schema: str,
+) -> None:
+    s = pg_schema.quote(schema)
+    conn = await asyncpg.connect(URL)
+    try:
+        async with conn.transaction():
+            await conn.execute(f"CREATE SCHEMA {s}")
+            await conn.execute(pg_schema._VERSION_TABLE.format(s=s))
+            for step in (1, 2):
+                for statement in pg_schema.MIGRATIONS[step]:
+                    await conn.execute(statement.format(s=s))
+                await conn.execute(f"INSERT INTO {s}.migrations (version) VALUES ({step})")
+            await conn.executemany(
+                f"INSERT INTO {s}.tasks ({V2_COLUMNS.replace('::text', '')}) VALUES "
+                "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15::jsonb, "
+                "$16, $17)",
+                V2_ROWS,
+            )
+        async with PostgresBackend(URL, schema=schema, pool_max_size=2) as b:
+            assert (await b.stats())[Status.QUEUED] == 1  # opened: migrated
+            columns = f"{V2_COLUMNS}, cancel_reason"
+            rows = await conn.fetch(f"SELECT {columns} FROM {s}.tasks ORDER BY id")
+            assert [tuple(row) for row in rows] == sorted((*row, None) for row in V2_ROWS)
+            versions = await conn.fetch(f"SELECT version FROM {s}.migrations ORDER BY version")
+            assert [row[0] for row in versions] == [1, 2, 3]
+            finished = await conn.fetchval(
+                "SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND indexname = $2",
+                schema, "tasks_finished",
+            )  # fmt: skip
+            assert "'Cancelled'" in finished
+            with pytest.raises(asyncpg.CheckViolationError):
+                await conn.execute(f"UPDATE {s}.tasks SET status = 'Lost' WHERE id = 'done'")
+            assert await b.push("again", unique_key="k-running") == "running"
+            assert await b.push("again", unique_key="k-done") == "done"
+            assert await b.cancel("queued", "stop") is Status.QUEUED
+            assert await b.heartbeat("w1") == [("queued", "stop")]
+            assert await b.cancel("pending", "not needed") is Status.CANCELLED
+            assert await b.push("new", unique_key="k-pending") != "pending"  # freed
+            assert await b.vacuum() == 3  # Done, Killed and Cancelled
+    finally:
+        await conn.close()
+
+
 # --- claiming --------------------------------------------------------------------------------
 
 
@@ -317,6 +381,9 @@ async def test_claims_and_acks_use_their_indexes(backend: PostgresBackend, schem
                 assert "tasks_held" not in release, release
                 if mode == "force_generic_plan":
                     assert "tasks_pkey" in release, release
+                # The heartbeat reads the worker's cancel requests among its held tasks.
+                beat = await explain(conn, f"beat_{name}", backend._sql.heartbeat, literals)
+                assert "tasks_held" in beat and "Seq Scan on tasks" not in beat, beat
     finally:
         await conn.close()
 
@@ -537,6 +604,88 @@ async def test_tasks_of_a_dead_worker_are_reclaimed_once(
     assert task.last_error == "lease expired: worker 'dead' stopped heartbeating"
     await backend.register_worker("dead")  # a dead name may be taken again
     assert [t.id for t in await backend._claim("dead", 10)] == ids
+
+
+async def test_a_task_asked_to_cancel_ends_cancelled_when_its_claim_ends(
+    backend: PostgresBackend, clock: ManualClock
+) -> None:
+    """Released, reclaimed, or left by a dead predecessor: Cancelled with the reason,
+    no attempt counted, never Pending again; the heartbeat carries only its worker's
+    requests; a Cancelled outcome applies to the same claim only."""
+    from rxqueue.acks import AckBatch
+
+    ids = await backend.push_many(["a", "b", "c", "d", "e"], max_attempts=1)
+    await backend.register_worker("w1")
+    await backend.register_worker("w2")
+    w1 = await backend._claim("w1", 3)
+    w2 = await backend._claim("w2", 2)
+    for task in (*w1, *w2):
+        assert await backend.cancel(task.id, f"stop {task.id}") is Status.QUEUED
+    assert sorted(await backend.heartbeat("w1")) == sorted((t.id, f"stop {t.id}") for t in w1)
+    assert await backend.heartbeat("nobody") == []
+    await backend.release(w1[:1], "w2")  # not w2's: nothing happens
+    assert (await backend.stats())[Status.QUEUED] == 5
+    await backend.release(w1[:1], "w1")
+    stale = w1[1].evolve(attempts=w1[1].attempts + 1)
+    cancel = rxqueue.Cancelled
+    assert await backend.report(AckBatch("w1", cancelled=[(stale, cancel("x"))])) == [stale.id]
+    assert await backend.report(AckBatch("w1", cancelled=[(w1[1], cancel("stop"))])) == []
+    clock.advance(61)  # w1 stops heartbeating; w2 dies and comes back
+    await backend.heartbeat("w1")
+    await backend.register_worker("w2")
+    clock.advance(61)
+    assert await backend.reclaim() == 1  # w1[2]
+    got = {i: t for i in ids if (t := await backend.get(i))}
+    assert {t.status for t in got.values()} == {Status.CANCELLED}
+    assert [got[t.id].attempts for t in (*w1, *w2)] == [0, 1, 0, 0, 0]
+    assert all(got[i].last_error == f"cancelled: stop {i}" for i in ids if i != w1[1].id)
+    assert got[w1[1].id].last_error == "cancelled: stop"
+    assert all(t.lock_by is None and t.done_at is not None for t in got.values())
+    clock.advance(1)
+    assert await backend.vacuum() == 5
+
+
+async def test_a_cancel_wakes_wait_for_in_another_process(schema: str) -> None:
+    """Each way a task ends Cancelled sends the completion NOTIFY to waiters."""
+    from rxqueue.acks import AckBatch
+
+    here = PostgresBackend(URL, schema=schema)
+    there = PostgresBackend(URL, schema=schema)
+    there._channel_key = ("another process",)  # no in-process wake-up between them
+    try:
+        released, acked = await here.push_many(["b", "c"])
+        b, c = await here._claim("w", 2)
+        waiting = await here.push("a")
+        ids = [waiting, released, acked]
+        waits = [
+            asyncio.create_task(there.wait_for(task_id, timeout=LIMIT, poll_interval=LIMIT))
+            for task_id in ids
+        ]
+        await eventually(lambda: sql(f'SELECT 1 FROM "{schema}".waiters HAVING count(*) = 3'))
+        began = time.perf_counter()
+        assert await here.cancel(waiting) is Status.CANCELLED
+        assert [await here.cancel(task_id) for task_id in (released, acked)] == [Status.QUEUED] * 2
+        await here.release([b], "w")
+        assert await here.report(AckBatch("w", cancelled=[(c, rxqueue.Cancelled("asked"))])) == []
+        ended = await asyncio.gather(*waits)
+        assert time.perf_counter() - began < LIMIT / 2  # the poll alone would take LIMIT
+        assert [task.status for task in ended] == [Status.CANCELLED] * 3
+        assert [task.last_error for task in ended] == [
+            "cancelled: cancelled by request", "cancelled: cancelled by request",
+            "cancelled: asked",
+        ]  # fmt: skip
+    finally:
+        await here.close()
+        await there.close()
+
+
+async def test_a_corrupt_row_is_killed_at_claim(backend: PostgresBackend, schema: str) -> None:
+    bad, good = await backend.push_many(["bad", "good"])
+    await sql(f'''UPDATE "{schema}".tasks SET metadata = '[1]' WHERE id = $1''', bad)
+    assert [t.id for t in await backend._claim("w", 10)] == [good]
+    task = await backend.get(bad)
+    assert task is not None and task.status is Status.KILLED
+    assert (task.last_error or "").startswith("corrupt task row")
 
 
 async def test_a_live_name_is_refused(backend: PostgresBackend, clock: ManualClock) -> None:

@@ -222,6 +222,68 @@ async def test_migration_upgrades_an_older_file(
         assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'tasks_created'").fetchone()
 
 
+# Version 2 rows, one per status a version-2 file can hold (rowid, then _V2_COLUMNS).
+V2_ROWS = [
+    (1, "pending", "default", b'{"n":1}', "Pending", 0, 3, 0, T0, T0, None, None, None, None,
+     None, None, "k-pending", None),
+    (2, "queued", "default", b'{"n":2}', "Queued", 1, 3, 5, T0, T0, "w1", T0, None, "boom",
+     None, '{"a":1}', None, None),
+    (4, "running", "default", b'{"n":4}', "Running", 0, 3, 0, T0, T0, "w1", T0, None, None,
+     None, None, "k-running", T0 + 60),
+    (5, "done", "default", b'{"n":5}', "Done", 1, 3, 0, T0, T0, None, None, T0 + 1, None,
+     b'"ok"', None, "k-done", T0 + 3600),
+    (6, "failed", "other", b'{"n":6}', "Failed", 1, 3, 0, T0 + 10, T0, None, None, None, "again",
+     None, None, None, None),
+    (9, "killed", "default", b'{"n":9}', "Killed", 3, 3, 0, T0, T0, None, None, T0 + 2,
+     "gave up", None, None, None, None),
+]  # fmt: skip
+
+
+async def test_a_version_2_file_with_tasks_in_every_status_upgrades_for_cancel(
+    path: Path, clock: ManualClock
+) -> None:
+    columns = f"rowid, {schema._V2_COLUMNS}"
+    with raw(path) as conn:
+        for step in (1, 2):
+            for statement in schema.MIGRATIONS[step]:
+                conn.execute(statement)
+        marks = ", ".join("?" * len(V2_ROWS[0]))
+        conn.executemany(f"INSERT INTO tasks ({columns}) VALUES ({marks})", V2_ROWS)
+        conn.execute("INSERT INTO workers VALUES ('default', 'w1', ?, ?, 1, 'h')", (T0, T0))
+        conn.execute("PRAGMA user_version = 2")
+    async with SqliteBackend(path, clock=clock, lease_timeout=30.0) as b:
+        assert (await b.stats())[Status.QUEUED] == 1  # opened: migrated
+        with raw(path) as conn:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+            # Every row as it was, rowids too (list() orders by them); no request yet.
+            rows = conn.execute(f"SELECT {columns}, cancel_reason FROM tasks ORDER BY rowid")
+            assert rows.fetchall() == [(*row, None) for row in V2_ROWS]
+            assert conn.execute("SELECT * FROM workers").fetchall() == [
+                ("default", "w1", T0, T0, 1, "h")
+            ]
+            indexes = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'"))
+            assert set(indexes) == {
+                "sqlite_autoindex_tasks_1", "tasks_ready", "tasks_leases", "tasks_finished",
+                "tasks_unique",
+            }  # fmt: skip
+            assert "'Cancelled'" in indexes["tasks_finished"]
+            assert "UNIQUE" in indexes["tasks_unique"]
+            assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+            with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+                conn.execute("UPDATE tasks SET status = 'Lost' WHERE id = 'done'")
+        assert [t.id for t in await b.list()] == ["pending", "queued", "running", "done", "killed"]
+        # Keys are still held (and enforced by the rebuilt unique index).
+        assert await b.push("again", unique_key="k-running") == "running"
+        assert await b.push("again", unique_key="k-done") == "done"
+        # The new status and the requests work on old rows.
+        assert await b.cancel("queued", "stop") is Status.QUEUED
+        assert await b.heartbeat("w1") == [("queued", "stop")]
+        assert await b.cancel("pending", "not needed") is Status.CANCELLED
+        assert await b.push("new", unique_key="k-pending") != "pending"  # the key was freed
+        clock.advance(3600)
+        assert await b.vacuum() == 3  # Done, Killed and Cancelled
+
+
 async def test_new_file_opened_by_many_at_once(path: Path) -> None:
     backends = [SqliteBackend(path, queue=f"q{i}") for i in range(4)]
     try:
@@ -248,6 +310,11 @@ async def test_hot_statements_use_their_indexes(backend: SqliteBackend, path: Pa
         assert "tasks_ready" in plan(conn, sqlite_module._HAS_WORK, ("default", T0))
         ack = plan(conn, sqlite_module._DONE, (None, T0, "id", "w", 0))
         assert "USING INDEX sqlite_autoindex_tasks_1 (id=?)" in ack
+        cancelled = plan(conn, sqlite_module._CANCELLED, ("", T0, "id", "w", 0))
+        assert "USING INDEX sqlite_autoindex_tasks_1 (id=?)" in cancelled
+        release = plan(conn, sqlite_module._RELEASE, (T0, "id", "w"))
+        assert "USING INDEX sqlite_autoindex_tasks_1 (id=?)" in release
+        assert "tasks_leases" in plan(conn, sqlite_module._CANCEL_REQUESTS, ("w", "default"))
         params = {"queue": "default", "now": T0, "lease": 1.0, "name": "w", "reason": ""}
         assert "tasks_leases" in plan(conn, sqlite_module._EXPIRED_HOLDERS, params)
         assert "tasks_leases" in plan(conn, sqlite_module._EXPIRE_ALL, params)
@@ -510,6 +577,42 @@ async def test_a_restarted_name_takes_back_its_dead_predecessors_tasks(
     await backend.register_worker("w1")
     task = await backend.get(task_id)
     assert task and task.status is Status.PENDING and task.attempts == 1
+
+
+async def test_a_task_asked_to_cancel_ends_cancelled_when_its_claim_ends(
+    backend: SqliteBackend, clock: ManualClock
+) -> None:
+    """Released, reclaimed, or left by a dead predecessor: Cancelled with the reason,
+    no attempt counted, never Pending again; the heartbeat carries only its worker's
+    requests; a Cancelled outcome applies to the same claim only."""
+    ids = await backend.push_many(["a", "b", "c", "d", "e"], max_attempts=1)
+    await backend.register_worker("w1")
+    await backend.register_worker("w2")
+    w1 = await backend._claim("w1", 3)
+    w2 = await backend._claim("w2", 2)
+    for task in (*w1, *w2):
+        assert await backend.cancel(task.id, f"stop {task.id}") is Status.QUEUED
+    assert await backend.heartbeat("w1") == [(t.id, f"stop {t.id}") for t in w1]
+    assert await backend.heartbeat("nobody") == []
+    await backend.release(w1[:1], "w2")  # not w2's: nothing happens
+    assert statuses([t for i in ids if (t := await backend.get(i))]) == [Status.QUEUED] * 5
+    await backend.release(w1[:1], "w1")
+    stale = w1[1].evolve(attempts=w1[1].attempts + 1)
+    assert await report(backend, "w1", [(stale, rxqueue.Cancelled("x"))]) == [stale.id]
+    assert await report(backend, "w1", [(w1[1], rxqueue.Cancelled("stop"))]) == []
+    clock.advance(31)  # w1 stops heartbeating; w2 dies and comes back
+    await backend.heartbeat("w1")
+    await backend.register_worker("w2")
+    clock.advance(31)
+    assert await backend.reclaim() == 1  # w1[2]
+    got = {i: t for i in ids if (t := await backend.get(i))}
+    assert {t.status for t in got.values()} == {Status.CANCELLED}
+    assert [got[t.id].attempts for t in (*w1, *w2)] == [0, 1, 0, 0, 0]
+    assert all(got[i].last_error == f"cancelled: stop {i}" for i in ids if i != w1[1].id)
+    assert got[w1[1].id].last_error == "cancelled: stop"
+    assert all(t.lock_by is None and t.done_at is not None for t in got.values())
+    clock.advance(1)
+    assert await backend.vacuum() == 5
 
 
 async def test_release_returns_unstarted_tasks(backend: SqliteBackend) -> None:

@@ -10,7 +10,9 @@ worker events, never on sleeps.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -18,6 +20,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -280,3 +283,104 @@ async def test_a_push_from_another_process_wakes_an_idle_worker_at_once(tmp_path
             await run
         done = await backend.get(task_id)
         assert done and done.status is Status.DONE and done.result == "from afar"
+
+
+# A worker in its own process (concurrency 1, heartbeat from argv) for cancel tests:
+# "long" sleeps a minute, anything else returns; it says when a run starts or ends.
+# It works until its stdin closes. Also usable on any URL (rxqueue.connect), with
+# more backend options as JSON in argv[3].
+CANCELLABLE = """\
+import asyncio, json, sys
+import rxqueue
+from rxqueue import TaskContext, WorkerBuilder
+
+def say(*words):
+    print(*words, flush=True)
+
+async def main():
+    url, heartbeat, options = sys.argv[1], float(sys.argv[2]), json.loads(sys.argv[3])
+    async with rxqueue.connect(url, heartbeat_interval=heartbeat, **options) as backend:
+        async def handle(job, ctx: TaskContext):
+            say("started", ctx.task_id)
+            if job == "long":
+                await asyncio.sleep(60)
+            say("ran", ctx.task_id)
+
+        worker = WorkerBuilder("far").backend(backend).concurrency(1).build(handle)
+        run = asyncio.create_task(worker.run(handle_signals=False))
+        say("ready")
+        await asyncio.to_thread(sys.stdin.readline)
+        worker.stop()
+        summary = await run
+        say("summary", summary.done, summary.cancelled, summary.retried, summary.killed)
+
+asyncio.run(main())
+"""
+
+
+async def cancel_across_processes(
+    url: str, backend: Any, cancels: int, heartbeat: float, *, jitter: bool = False, **options: Any
+) -> list[float]:
+    """Run CANCELLABLE on ``url``; ``cancels`` times: push a long task, cancel it from
+    here once it runs there, and time until the store shows it Cancelled; then check
+    the worker's next task runs. The latencies, in seconds.
+
+    Each round starts just after the heartbeat that carried the previous request, so
+    a cancel waits about a whole interval; ``jitter`` waits a random part of one
+    before cancelling, for latencies at random phases of the heartbeat.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CANCELLABLE, url, str(heartbeat), json.dumps(options),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=child_env(),
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    stdout = proc.stdout
+
+    async def hear() -> list[str]:
+        line = await asyncio.wait_for(stdout.readline(), 30)
+        assert line, "the worker process ended early"
+        return line.decode().split()
+
+    latencies: list[float] = []
+    try:
+        assert await hear() == ["ready"]
+        for n in range(cancels):
+            task_id = await backend.push("long")
+            assert await hear() == ["started", task_id]
+            if jitter:
+                await asyncio.sleep(random.uniform(0, heartbeat))
+            began = time.perf_counter()
+            assert await backend.cancel(task_id, f"no. {n}") in (Status.QUEUED, Status.RUNNING)
+            async with asyncio.timeout(heartbeat + 10):
+                while True:  # polled often: wait_for backs off
+                    task = await backend.get(task_id)
+                    if task.status is Status.CANCELLED:
+                        break
+                    await asyncio.sleep(0.002)
+            latencies.append(time.perf_counter() - began)
+            assert (task.attempts, task.last_error) == (1, f"cancelled: no. {n}")
+            assert task.lock_by is None
+            after = await backend.push("next")  # the worker's one consumer goes on
+            assert await hear() == ["started", after]
+            assert await hear() == ["ran", after]
+        proc.stdin.write(b"stop\n")
+        await proc.stdin.drain()
+        assert await hear() == ["summary", str(cancels), str(cancels), "0", "0"]
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    stats = await backend.stats()
+    assert (stats[Status.CANCELLED], stats[Status.DONE]) == (cancels, cancels)
+    return latencies
+
+
+async def test_a_task_running_in_another_process_is_cancelled_within_a_heartbeat(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "tasks.db"
+    async with SqliteBackend(db) as backend:
+        latencies = await cancel_across_processes(f"sqlite:///{db}", backend, 3, 0.2)
+    # The request waits for the worker's next heartbeat (0.2 s), then one ack.
+    assert max(latencies) < 0.2 + 0.8, latencies

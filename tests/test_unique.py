@@ -429,7 +429,7 @@ async def test_a_version_1_postgres_schema_is_upgraded_for_unique_keys() -> None
             assert await backend.push(Job(3), unique_key="k") == first
             assert await count(backend) == 2
         versions = await conn.fetch(f"SELECT version FROM {s}.migrations ORDER BY version")
-        assert [row[0] for row in versions] == [1, 2]
+        assert [row[0] for row in versions] == list(range(1, pg_schema.SCHEMA_VERSION + 1))
     finally:
         await conn.execute(f"DROP SCHEMA IF EXISTS {s} CASCADE")
         await conn.close()

@@ -28,7 +28,7 @@ import asyncpg
 
 from rxqueue.errors import BackendError, BackendUnavailable, InvalidOption, SchemaError
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MAX_SCHEMA: Final = 48  # channel names (<schema>_<hash>_d) must fit in 63 bytes
@@ -124,6 +124,24 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         """
         CREATE UNIQUE INDEX tasks_unique ON {s}.tasks (queue, unique_key)
         WHERE unique_key IS NOT NULL
+        """,
+    ),
+    # Cancellation: a Cancelled status (finished, like Done and Killed) and the
+    # reason of a request on a claimed task, which its worker reads with its
+    # heartbeat. The status CHECK is the one PostgreSQL named for the column in
+    # version 1. The new one only allows more, yet ADD CONSTRAINT still checks
+    # every row (one scan, under the table lock the DROP takes anyway).
+    3: (
+        "ALTER TABLE {s}.tasks ADD COLUMN cancel_reason text",
+        """
+        ALTER TABLE {s}.tasks DROP CONSTRAINT tasks_status_check,
+            ADD CONSTRAINT tasks_status_check CHECK (status IN
+                ('Pending', 'Queued', 'Running', 'Done', 'Failed', 'Killed', 'Cancelled'))
+        """,
+        "DROP INDEX {s}.tasks_finished",
+        """
+        CREATE INDEX tasks_finished ON {s}.tasks (queue, done_at)
+        WHERE status IN ('Done', 'Killed', 'Cancelled')
         """,
     ),
 }

@@ -631,11 +631,12 @@ class ClaimingBackend(Backend):
 
     def _expired(self, changed: Sequence[Sequence[Any]]) -> None:
         """After leases were taken back (rows of id, status): wake fetchers, and the
-        ``wait_for`` callers of tasks that ended Killed."""
+        ``wait_for`` callers of tasks that ended Killed (or Cancelled, when asked to)."""
         if changed:
             local = self._local()
             local.doorbell.notify()
-            local.finished(task_id for task_id, status in changed if status == Status.KILLED)
+            ended = (Status.KILLED, Status.CANCELLED)
+            local.finished(task_id for task_id, status in changed if status in ended)
 
 
 def _check_unique_keys(keys: Any, count: int) -> list[str | None]:

@@ -72,8 +72,10 @@ from rxqueue.errors import (
 )
 from rxqueue.streams import Doorbell
 from rxqueue.task import (
+    ACTIVE,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_QUEUE,
+    READY,
     Status,
     Task,
     TaskId,
@@ -92,6 +94,8 @@ _COLUMNS: Final = ", ".join(
 )
 _READY: Final = "status IN ('Pending', 'Failed')"  # exactly the partial index's WHERE
 _ACTIVE: Final = "status IN ('Queued', 'Running')"
+_FINISHED: Final = "status IN ('Done', 'Killed', 'Cancelled')"  # tasks_finished's WHERE
+_ASKED: Final = "cancel_reason IS NOT NULL"  # a claimed task was asked to cancel
 
 # $1 worker, $2 now, $3 queue, $4 limit. ``id = ANY(ARRAY(subquery))`` rather than
 # ``id IN (subquery)``: the subquery runs once and the update finds its rows by primary
@@ -107,17 +111,6 @@ WHERE id = ANY(ARRAY(
 ))
 RETURNING {_COLUMNS}
 """
-# After a claim whose answer was lost with its connection: hand back what it may
-# have claimed (its lock_at is that claim's own time).
-_UNCLAIM: Final = """
-WITH released AS (
-    UPDATE {s}.tasks SET status = 'Pending', lock_by = NULL, lock_at = NULL
-    WHERE queue = $1 AND lock_by = $2 AND status = 'Queued' AND lock_at = $3
-    RETURNING 1
-)
-SELECT pg_notify($4, '') WHERE EXISTS (SELECT 1 FROM released)
-"""
-
 # $1 queue, $2.. the columns as arrays, $11 the queue's channel.
 _INSERT: Final = """
 WITH inserted AS (
@@ -174,8 +167,10 @@ SELECT unique_key, id FROM {s}.tasks WHERE queue = $1 AND unique_key = ANY($2::t
 # generic plans after five runs) estimated a few held tasks and a few ids, and
 # nested-loop-joined every task the worker held against every id of the batch:
 # 1.3 s for 1,000 acks with 8,000 held, against 10 ms by key.
-_BY_KEY_ACTIVE: Final = "status NOT IN ('Pending', 'Done', 'Failed', 'Killed')"
-_BY_KEY_QUEUED: Final = "status NOT IN ('Pending', 'Running', 'Done', 'Failed', 'Killed')"
+_BY_KEY_ACTIVE: Final = "status NOT IN ('Pending', 'Done', 'Failed', 'Killed', 'Cancelled')"
+_BY_KEY_QUEUED: Final = (
+    "status NOT IN ('Pending', 'Running', 'Done', 'Failed', 'Killed', 'Cancelled')"
+)
 _HELD: Final = f"t.lock_by = $1 AND t.{_BY_KEY_ACTIVE}"
 _UNLOCK: Final = "attempts = t.attempts + 1, lock_by = NULL, lock_at = NULL"
 _WAKE_WAITERS: Final = """
@@ -211,8 +206,15 @@ WITH started AS (
     FROM unnest($8::text[], $9::text[], $17::int[]) AS a(id, error, attempts)
     WHERE t.id = a.id AND t.attempts = a.attempts AND {_HELD}
     RETURNING t.id, a.attempts
+), cancelled AS (
+    UPDATE {{s}}.tasks AS t SET status = 'Cancelled', {_UNLOCK}, last_error = a.error,
+        done_at = $10
+    FROM unnest($18::text[], $19::text[], $20::int[]) AS a(id, error, attempts)
+    WHERE t.id = a.id AND t.attempts = a.attempts AND {_HELD}
+    RETURNING t.id, a.attempts
 ), finished AS (
     SELECT id, attempts FROM done UNION ALL SELECT id, attempts FROM killed
+    UNION ALL SELECT id, attempts FROM cancelled
 )
 SELECT id, attempts FROM started
 UNION ALL SELECT id, attempts FROM finished
@@ -223,27 +225,61 @@ UNION ALL SELECT NULL, NULL FROM (
     {_WAKE_WAITERS.format(s="{s}", done="$13", finished="finished")}
 ) AS w
 """
-_RELEASE: Final = f"""
+
+
+def _hand_back(where: str, *, now: str, ready: str, done: str) -> str:
+    """Hand back the claimed tasks ``where`` selects: Pending again, unless asked to
+    cancel: then they end Cancelled (they must not run again), with no attempt
+    counted, as cancel() ends a waiting task. Wakes fetchers if some went back to
+    Pending, and the waiters of those that ended; returns the ids that ended."""
+    return f"""
 WITH released AS (
-    UPDATE {{s}}.tasks SET status = 'Pending', lock_by = NULL, lock_at = NULL
-    WHERE id = ANY($1::text[]) AND lock_by = $2 AND {_BY_KEY_QUEUED}
-    RETURNING 1
+    UPDATE {{s}}.tasks SET lock_by = NULL, lock_at = NULL,
+        status = CASE WHEN {_ASKED} THEN 'Cancelled' ELSE 'Pending' END,
+        last_error = CASE WHEN {_ASKED} THEN 'cancelled: ' || cancel_reason ELSE last_error END,
+        done_at = CASE WHEN {_ASKED} THEN {now}::float8 ELSE done_at END
+    WHERE {where}
+    RETURNING id, status
+), cancelled AS (
+    SELECT id FROM released WHERE status = 'Cancelled'
 )
-SELECT pg_notify($3, '') WHERE EXISTS (SELECT 1 FROM released)
+SELECT id FROM cancelled
+UNION ALL SELECT NULL FROM (SELECT pg_notify({ready}, '')) AS n
+          WHERE EXISTS (SELECT 1 FROM released WHERE status = 'Pending')
+UNION ALL {_WAKE_WAITERS.format(s="{s}", done=done, finished="cancelled")}
 """
+
+
+# $1 ids, $2 worker, $3 ready channel, $4 now, $5 done channel.
+_RELEASE: Final = _hand_back(
+    f"id = ANY($1::text[]) AND lock_by = $2 AND {_BY_KEY_QUEUED}", now="$4", ready="$3", done="$5"
+)
+# After a claim whose answer was lost with its connection: hand back what it may
+# have claimed (its lock_at is that claim's own time). $1 queue, $2 worker, $3 that
+# time, $4 ready channel, $5 now, $6 done channel.
+_UNCLAIM: Final = _hand_back(
+    "queue = $1 AND lock_by = $2 AND status = 'Queued' AND lock_at = $3",
+    now="$5", ready="$4", done="$6",
+)  # fmt: skip
 
 # Leases: a task held by a worker whose heartbeat is older than the lease, or by a
 # worker with no heartbeat row whose claim is older than the lease, is taken back:
-# Pending with one more attempt, or Killed once attempts reach max_attempts.
+# Pending with one more attempt, or Killed once attempts reach max_attempts; a task
+# asked to cancel ends Cancelled (no attempt counted), as on release.
 _EXPIRE_SET: Final = f"""
-    {_UNLOCK},
-    last_error = format('lease expired: worker %s stopped heartbeating', quote_literal(t.lock_by)),
-    status = CASE WHEN t.attempts + 1 >= t.max_attempts THEN 'Killed' ELSE 'Pending' END,
-    done_at = CASE WHEN t.attempts + 1 >= t.max_attempts THEN $2 ELSE t.done_at END
+    lock_by = NULL, lock_at = NULL,
+    attempts = CASE WHEN t.{_ASKED} THEN t.attempts ELSE t.attempts + 1 END,
+    last_error = CASE WHEN t.{_ASKED} THEN 'cancelled: ' || t.cancel_reason
+        ELSE format('lease expired: worker %s stopped heartbeating', quote_literal(t.lock_by))
+        END,
+    status = CASE WHEN t.{_ASKED} THEN 'Cancelled'
+                  WHEN t.attempts + 1 >= t.max_attempts THEN 'Killed' ELSE 'Pending' END,
+    done_at = CASE WHEN t.{_ASKED} OR t.attempts + 1 >= t.max_attempts THEN $2
+                   ELSE t.done_at END
 """
 _EXPIRE_TAIL: Final = f"""
 ), killed AS (
-    SELECT id FROM changed WHERE status = 'Killed'
+    SELECT id FROM changed WHERE status IN ('Killed', 'Cancelled')
 )
 SELECT id, status FROM changed
 UNION ALL SELECT NULL, NULL FROM (SELECT pg_notify($4, '')) AS n
@@ -286,10 +322,15 @@ ON CONFLICT (queue, name) DO UPDATE
 RETURNING 1
 """
 _WORKER_SEEN: Final = "SELECT last_seen, pid, host FROM {s}.workers WHERE queue = $1 AND name = $2"
-_HEARTBEAT: Final = """
-INSERT INTO {s}.workers AS w (queue, name, last_seen, started_at, pid, host)
-VALUES ($1, $2, $3, $3, $4, $5)
-ON CONFLICT (queue, name) DO UPDATE SET last_seen = excluded.last_seen
+# The beat, and the cancel requests for the tasks the worker holds (by tasks_held).
+_HEARTBEAT: Final = f"""
+WITH beat AS (
+    INSERT INTO {{s}}.workers AS w (queue, name, last_seen, started_at, pid, host)
+    VALUES ($1, $2, $3, $3, $4, $5)
+    ON CONFLICT (queue, name) DO UPDATE SET last_seen = excluded.last_seen
+)
+SELECT id, cancel_reason FROM {{s}}.tasks
+WHERE queue = $1 AND lock_by = $2 AND {_ACTIVE} AND {_ASKED}
 """
 _UNREGISTER: Final = """
 DELETE FROM {s}.workers WHERE queue = $1 AND name = $2 AND pid = $3 AND host = $4
@@ -323,14 +364,28 @@ _KILL: Final = f"""
 WITH killed AS (
     UPDATE {{s}}.tasks SET status = 'Killed', lock_by = NULL, lock_at = NULL,
         last_error = $3, done_at = $4
-    WHERE id = $1 AND queue = $2 AND status NOT IN ('Done', 'Killed')
+    WHERE id = $1 AND queue = $2 AND status NOT IN ('Done', 'Killed', 'Cancelled')
     RETURNING id
 )
 SELECT id FROM killed
 UNION ALL {_WAKE_WAITERS.format(s="{s}", done="$5", finished="killed")}
 """
-_VACUUM: Final = """
-DELETE FROM {s}.tasks WHERE queue = $1 AND status IN ('Done', 'Killed') AND done_at <= $2
+# cancel(): the task's status, locked until the transaction ends; then one of:
+_CANCEL_STATUS: Final = "SELECT status FROM {s}.tasks WHERE id = $1 AND queue = $2 FOR UPDATE"
+# a waiting task ends now ($2 error, $3 now, $4 done channel), waking its waiters;
+_CANCEL_NOW: Final = f"""
+WITH cancelled AS (
+    UPDATE {{s}}.tasks SET status = 'Cancelled', lock_by = NULL, lock_at = NULL,
+        last_error = $2, done_at = $3
+    WHERE id = $1
+    RETURNING id
+)
+{_WAKE_WAITERS.format(s="{s}", done="$4", finished="cancelled")}
+"""
+# a claimed one keeps the request for its worker (its heartbeat reads it).
+_CANCEL_LATER: Final = "UPDATE {s}.tasks SET cancel_reason = $2 WHERE id = $1"
+_VACUUM: Final = f"""
+DELETE FROM {{s}}.tasks WHERE queue = $1 AND {_FINISHED} AND done_at <= $2
 """
 _VACUUM_WAITERS: Final = """
 DELETE FROM {s}.waiters AS w
@@ -613,7 +668,7 @@ class PostgresBackend(ClaimingBackend):
     ``heartbeat_interval`` is how often workers send one.
     """
 
-    capabilities = (ALL_CAPABILITIES | {Capability.TRANSACTIONS}) - {Capability.CANCEL}
+    capabilities = ALL_CAPABILITIES | {Capability.TRANSACTIONS}
 
     def __init__(
         self,
@@ -817,19 +872,20 @@ class PostgresBackend(ClaimingBackend):
             await self._unclaim(worker, now)
             raise
         tasks: list[Task[Any]] = []
-        corrupt: list[tuple[str, str]] = []
+        corrupt: list[tuple[str, str, int]] = []
         for row in rows:
             try:
                 tasks.append(read_claimed(row))
             except (ValueError, TypeError) as exc:
-                corrupt.append((row["id"], f"corrupt task row: {exc}"))
+                corrupt.append((row["id"], f"corrupt task row: {exc}", row["attempts"]))
         if corrupt:
             await self._fetch(
                 self._sql.acks,
                 worker, [], [], [], [], [], [],
-                [task_id for task_id, _ in corrupt],
-                [error for _, error in corrupt],
+                [task_id for task_id, _, _ in corrupt],
+                [error for _, error, _ in corrupt],
                 now, self.channel, False, self.done_channel,
+                [], [], [], [attempts for _, _, attempts in corrupt], [], [], [],
             )  # fmt: skip
         if len(tasks) > 1:
             tasks.sort(key=claim_order)
@@ -843,7 +899,11 @@ class PostgresBackend(ClaimingBackend):
             return
         with contextlib.suppress(*_DRIVER_ERRORS):
             async with asyncio.timeout(self.connect_timeout):
-                await pool.execute(self._sql.unclaim, self.queue, worker, claimed_at, self.channel)
+                rows = await pool.fetch(
+                    self._sql.unclaim,
+                    self.queue, worker, claimed_at, self.channel, self.clock(), self.done_channel,
+                )  # fmt: skip
+                self._local().finished([row[0] for row in rows if row[0] is not None])
 
     # --- sink -------------------------------------------------------------------------------
 
@@ -968,6 +1028,7 @@ class PostgresBackend(ClaimingBackend):
         outcome_ids = {task.id for task, _ in batch.done}
         outcome_ids.update(task.id for task, _ in batch.retried)
         outcome_ids.update(task.id for task, _ in batch.killed)
+        outcome_ids.update(task.id for task, _ in batch.cancelled)
         # A task started and finished in one batch ends finished: one update is enough.
         started = [task.id for task in batch.started if task.id not in outcome_ids]
         ready_now = any(retry.at <= now for _, retry in batch.retried)
@@ -990,15 +1051,19 @@ class PostgresBackend(ClaimingBackend):
             [task.attempts for task, _ in batch.done],
             [task.attempts for task, _ in batch.retried],
             [task.attempts for task, _ in batch.killed],
+            [task.id for task, _ in batch.cancelled],
+            [cancelled.error for _, cancelled in batch.cancelled],
+            [task.attempts for task, _ in batch.cancelled],
         )
         # An update applies to its own claim only: (id, attempts) is the claim token.
         applied = {(row[0], row[1]) for row in rows if row[0] is not None}
-        # In apply order (started, done, retried, killed; batch order within a kind),
+        # In apply order (started, done, retried, killed, cancelled; batch order within a kind),
         # each claim once: a task started and finished here is refused if its outcome was.
         order = [(task.id, task.attempts) for task in batch.started]
         order += [(task.id, task.attempts) for task, _ in batch.done]
         order += [(task.id, task.attempts) for task, _ in batch.retried]
         order += [(task.id, task.attempts) for task, _ in batch.killed]
+        order += [(task.id, task.attempts) for task, _ in batch.cancelled]
         refused = [claim[0] for claim in dict.fromkeys(order) if claim not in applied]
         local = self._local()
         if ready_now:
@@ -1009,9 +1074,15 @@ class PostgresBackend(ClaimingBackend):
 
     async def release(self, tasks: Sequence[Task[Any]], worker: str) -> None:
         ids = [task.id for task in tasks]
+        local = self._local()
         if ids:
-            await self._fetch(self._sql.release, ids, worker, self.channel)
-        self._local().doorbell.notify()
+            rows = await self._fetch(
+                self._sql.release, ids, worker, self.channel, self.clock(), self.done_channel
+            )
+            cancelled = [row[0] for row in rows if row[0] is not None]
+            if cancelled:
+                local.finished(cancelled)
+        local.doorbell.notify()
 
     # --- workers and leases -------------------------------------------------------------------
 
@@ -1042,11 +1113,12 @@ class PostgresBackend(ClaimingBackend):
         self._expired([row for row in orphans if row[0] is not None])
 
     async def heartbeat(self, worker: str) -> list[tuple[TaskId, str]]:
-        await self._execute(
+        """Record the beat and read the cancel requests for ``worker``'s tasks: one statement."""
+        rows = await self._fetch(
             self._sql.heartbeat,
             self.queue, worker, self.clock(), os.getpid(), socket.gethostname(),
         )  # fmt: skip
-        return []
+        return [(row[0], row[1]) for row in rows]
 
     async def unregister_worker(self, worker: str) -> None:
         """Forget the worker (only this process's registration of the name)."""
@@ -1056,8 +1128,9 @@ class PostgresBackend(ClaimingBackend):
 
     async def reclaim(self) -> int:
         """Take back tasks whose worker's lease expired: Pending with one more
-        attempt, or Killed once attempts reach max_attempts. Safe to run from
-        several workers at once (rows are locked with SKIP LOCKED)."""
+        attempt, or Killed once attempts reach max_attempts (Cancelled if asked to
+        cancel). Safe to run from several workers at once (rows are locked with
+        SKIP LOCKED)."""
         rows = await self._fetch(
             self._sql.reclaim,
             self.queue, self.clock(), self.lease_timeout, self.channel, self.done_channel,
@@ -1106,6 +1179,21 @@ class PostgresBackend(ClaimingBackend):
         await self._status_of(task_id)  # TaskNotFound for an unknown id
         return False
 
+    async def _cancel(self, task_id: TaskId, reason: str) -> Status:
+        sql = self._sql
+        async with self._transaction() as conn:
+            found = await conn.fetchval(sql.cancel_status, task_id, self.queue)
+            if found is None:
+                raise TaskNotFound(f"no task {task_id!r} in queue {self.queue!r}")
+            status = Status(found)
+            if status in READY:
+                error = f"cancelled: {reason}"
+                await conn.execute(sql.cancel_now, task_id, error, self.clock(), self.done_channel)
+                return Status.CANCELLED
+            if status in ACTIVE:  # its worker cancels it: at once here, or at a heartbeat
+                await conn.execute(sql.cancel_later, task_id, reason)
+            return status
+
     async def _vacuum(self, older_than: float) -> int:
         cutoff = self.clock() - older_than
         async with self._transaction() as conn:
@@ -1120,7 +1208,7 @@ class PostgresBackend(ClaimingBackend):
     async def wait_for(
         self, task_id: TaskId, *, timeout: float | None = None, poll_interval: float = 0.05
     ) -> Task[Any]:
-        """Wait until the task is Done or Killed and return it.
+        """Wait until the task is finished (Done, Killed or Cancelled) and return it.
 
         A worker in any process that finishes it sends a NOTIFY (this call
         registers as a waiter, so only awaited tasks cost one), which wakes
@@ -1189,6 +1277,9 @@ class _Statements:
         self.list_status = sql(_LIST_STATUS)
         self.retry = sql(_RETRY_NOW)
         self.kill = sql(_KILL)
+        self.cancel_status = sql(_CANCEL_STATUS)
+        self.cancel_now = sql(_CANCEL_NOW)
+        self.cancel_later = sql(_CANCEL_LATER)
         self.vacuum = sql(_VACUUM)
         self.vacuum_waiters = sql(_VACUUM_WAITERS)
         self.has_work = sql(_HAS_WORK)

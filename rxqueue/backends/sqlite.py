@@ -48,7 +48,7 @@ from rxqueue.backends._rows import (
     read_shown,
 )
 from rxqueue.backends._sqlite_connection import Connection, Job
-from rxqueue.backends.base import ALL_CAPABILITIES, Capability, ClaimingBackend
+from rxqueue.backends.base import ALL_CAPABILITIES, ClaimingBackend
 from rxqueue.clock import Clock, system_clock
 from rxqueue.codec import DEFAULT_CODEC, Codec
 from rxqueue.errors import (
@@ -61,8 +61,10 @@ from rxqueue.errors import (
 )
 from rxqueue.streams import Doorbell, Wakeup
 from rxqueue.task import (
+    ACTIVE,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_QUEUE,
+    READY,
     TERMINAL,
     Status,
     Task,
@@ -80,6 +82,7 @@ Row = tuple[Any, ...]
 _COLUMNS = ", ".join(COLUMN_NAMES)
 _READY = "status IN ('Pending', 'Failed')"  # exactly the partial index's WHERE
 _ACTIVE = "status IN ('Queued', 'Running')"
+_FINISHED = "status IN ('Done', 'Killed', 'Cancelled')"  # exactly tasks_finished's WHERE
 
 _CLAIM = f"""
 UPDATE tasks SET status = 'Queued', lock_by = ?, lock_at = ?
@@ -103,7 +106,7 @@ VALUES (?, ?, ?, 'Pending', ?, ?, ?, ?, ?, ?, ?)
 _KEYS = "unique_key IS NOT NULL AND unique_key IN (SELECT value FROM json_each(?))"
 _RELEASE_KEYS = f"""
 UPDATE tasks SET unique_key = NULL
-WHERE queue = ? AND {_KEYS} AND status IN ('Done', 'Killed') AND coalesce(unique_until, 0) <= ?
+WHERE queue = ? AND {_KEYS} AND {_FINISHED} AND coalesce(unique_until, 0) <= ?
 """
 _INSERT_UNIQUE = """
 INSERT INTO tasks (id, queue, args, status, attempts, max_attempts, priority, run_at,
@@ -120,9 +123,20 @@ _STARTED = f"UPDATE tasks SET status = 'Running' {_HELD}"
 _DONE = f"UPDATE tasks SET status = 'Done', {_UNLOCK}, result = ?, done_at = ? {_HELD}"
 _RETRY = f"UPDATE tasks SET status = 'Failed', {_UNLOCK}, run_at = ?, last_error = ? {_HELD}"
 _KILLED = f"UPDATE tasks SET status = 'Killed', {_UNLOCK}, last_error = ?, done_at = ? {_HELD}"
-_RELEASE = """
-UPDATE tasks SET status = 'Pending', lock_by = NULL, lock_at = NULL
+_CANCELLED = (
+    f"UPDATE tasks SET status = 'Cancelled', {_UNLOCK}, last_error = ?, done_at = ? {_HELD}"
+)
+# A released task goes back to Pending, unless it was asked to cancel: then it ends
+# Cancelled (it must not run again), with no attempt counted, as cancel() ends a
+# waiting one.
+_ASKED = "cancel_reason IS NOT NULL"
+_RELEASE = f"""
+UPDATE tasks SET lock_by = NULL, lock_at = NULL,
+    status = CASE WHEN {_ASKED} THEN 'Cancelled' ELSE 'Pending' END,
+    last_error = CASE WHEN {_ASKED} THEN 'cancelled: ' || cancel_reason ELSE last_error END,
+    done_at = CASE WHEN {_ASKED} THEN ? ELSE done_at END
 WHERE id = ? AND lock_by = ? AND status = 'Queued'
+RETURNING status
 """
 
 # Leases: a task held by a worker whose heartbeat is older than the lease, or by a
@@ -134,10 +148,14 @@ WHERE t.lock_by IS NOT NULL AND t.queue = :queue AND t.{_ACTIVE}
   AND CASE WHEN w.name IS NULL THEN :now - t.lock_at >= :lease
            ELSE :now - w.last_seen >= :lease END
 """
+# A task asked to cancel ends Cancelled instead (no attempt counted), as on release.
 _EXPIRE = f"""
-UPDATE tasks SET {_UNLOCK}, last_error = :reason,
-    status = CASE WHEN attempts + 1 >= max_attempts THEN 'Killed' ELSE 'Pending' END,
-    done_at = CASE WHEN attempts + 1 >= max_attempts THEN :now ELSE done_at END
+UPDATE tasks SET lock_by = NULL, lock_at = NULL,
+    attempts = CASE WHEN {_ASKED} THEN attempts ELSE attempts + 1 END,
+    last_error = CASE WHEN {_ASKED} THEN 'cancelled: ' || cancel_reason ELSE :reason END,
+    status = CASE WHEN {_ASKED} THEN 'Cancelled'
+                  WHEN attempts + 1 >= max_attempts THEN 'Killed' ELSE 'Pending' END,
+    done_at = CASE WHEN {_ASKED} OR attempts + 1 >= max_attempts THEN :now ELSE done_at END
 WHERE lock_by = :name AND queue = :queue AND {_ACTIVE}
 """
 _EXPIRE_ALL = _EXPIRE + " RETURNING id, status"
@@ -151,6 +169,11 @@ VALUES (?1, ?2, ?3, ?3, ?4, ?5)
 _HEARTBEAT = """
 INSERT INTO workers (queue, name, last_seen, started_at, pid, host) VALUES (?1, ?2, ?3, ?3, ?4, ?5)
 ON CONFLICT (queue, name) DO UPDATE SET last_seen = excluded.last_seen
+"""
+# The cancel requests for the tasks a worker holds, read with its heartbeat.
+_CANCEL_REQUESTS = f"""
+SELECT id, cancel_reason FROM tasks
+WHERE lock_by = ? AND queue = ? AND {_ACTIVE} AND {_ASKED}
 """
 _UNREGISTER = "DELETE FROM workers WHERE queue = ? AND name = ? AND pid = ? AND host = ?"
 
@@ -172,9 +195,12 @@ _KILL = """
 UPDATE tasks SET status = 'Killed', lock_by = NULL, lock_at = NULL, last_error = ?, done_at = ?
 WHERE id = ?
 """
-_VACUUM = """
-DELETE FROM tasks WHERE queue = ? AND status IN ('Done', 'Killed') AND done_at <= ?
+_CANCEL_NOW = """
+UPDATE tasks SET status = 'Cancelled', lock_by = NULL, lock_at = NULL, last_error = ?, done_at = ?
+WHERE id = ?
 """
+_CANCEL_LATER = "UPDATE tasks SET cancel_reason = ? WHERE id = ?"
+_VACUUM = f"DELETE FROM tasks WHERE queue = ? AND {_FINISHED} AND done_at <= ?"
 
 
 # --- rows <-> tasks -----------------------------------------------------------------------
@@ -205,6 +231,10 @@ def _apply_acks(conn: sqlite3.Connection, batch: AckBatch, now: float) -> list[T
         (_DONE, [(result, now, task.id, worker, task.attempts) for task, result in batch.done]),
         (_RETRY, [(r.at, r.error, task.id, worker, task.attempts) for task, r in batch.retried]),
         (_KILLED, [(k.error, now, task.id, worker, task.attempts) for task, k in batch.killed]),
+        (
+            _CANCELLED,
+            [(c.error, now, task.id, worker, task.attempts) for task, c in batch.cancelled],
+        ),
     ):
         if not rows:
             continue
@@ -242,7 +272,7 @@ class SqliteBackend(ClaimingBackend):
     See the module docstring for ``durability``.
     """
 
-    capabilities = ALL_CAPABILITIES - {Capability.CANCEL}
+    capabilities = ALL_CAPABILITIES
 
     def __init__(
         self,
@@ -433,10 +463,22 @@ class SqliteBackend(ClaimingBackend):
         return refused
 
     async def release(self, tasks: Sequence[Task[Any]], worker: str) -> None:
-        rows = [(task.id, worker) for task in tasks]
-        if rows:
-            await self._write(partial(_executemany, statement=_RELEASE, rows=rows))
-        self._local().doorbell.notify()
+        now = self.clock()
+        ids = [task.id for task in tasks]
+
+        def release(conn: sqlite3.Connection) -> list[TaskId]:
+            cancelled: list[TaskId] = []
+            for task_id in ids:  # RETURNING rules out executemany
+                row = conn.execute(_RELEASE, (now, task_id, worker)).fetchone()
+                if row is not None and row[0] == Status.CANCELLED:
+                    cancelled.append(task_id)
+            return cancelled
+
+        cancelled = await self._write(release) if ids else []
+        local = self._local()
+        if cancelled:
+            local.finished(cancelled)
+        local.doorbell.notify()
 
     # --- workers and leases -------------------------------------------------------------------
 
@@ -464,9 +506,15 @@ class SqliteBackend(ClaimingBackend):
         self._expired(await self._write(register))
 
     async def heartbeat(self, worker: str) -> list[tuple[TaskId, str]]:
-        row = (self.queue, worker, self.clock(), os.getpid(), socket.gethostname())
-        await self._write(partial(_executemany, statement=_HEARTBEAT, rows=[row]))
-        return []
+        """Record the beat and read the cancel requests for ``worker``'s tasks, in one hop."""
+        queue = self.queue
+        row = (queue, worker, self.clock(), os.getpid(), socket.gethostname())
+
+        def beat(conn: sqlite3.Connection) -> list[tuple[TaskId, str]]:
+            conn.execute(_HEARTBEAT, row)
+            return [(r[0], r[1]) for r in conn.execute(_CANCEL_REQUESTS, (worker, queue))]
+
+        return await self._write(beat)
 
     async def unregister_worker(self, worker: str) -> None:
         """Forget the worker (only this process's registration of the name)."""
@@ -475,7 +523,8 @@ class SqliteBackend(ClaimingBackend):
 
     async def reclaim(self) -> int:
         """Take back tasks whose worker's lease expired: Pending with one more
-        attempt, or Killed once attempts reach max_attempts."""
+        attempt, or Killed once attempts reach max_attempts (Cancelled if asked
+        to cancel)."""
         queue, now, lease = self.queue, self.clock(), self.lease_timeout
 
         def holders(conn: sqlite3.Connection) -> list[Row]:
@@ -536,6 +585,20 @@ class SqliteBackend(ClaimingBackend):
             return True
 
         return await self._write(kill)
+
+    async def _cancel(self, task_id: TaskId, reason: str) -> Status:
+        now, queue = self.clock(), self.queue
+
+        def cancel(conn: sqlite3.Connection) -> Status:
+            status = _status_of(conn, task_id, queue)
+            if status in READY:
+                conn.execute(_CANCEL_NOW, (f"cancelled: {reason}", now, task_id))
+                return Status.CANCELLED
+            if status in ACTIVE:  # its worker cancels it: at once here, or at a heartbeat
+                conn.execute(_CANCEL_LATER, (reason, task_id))
+            return status
+
+        return await self._write(cancel)
 
     async def _vacuum(self, older_than: float) -> int:
         cutoff, queue = self.clock() - older_than, self.queue
