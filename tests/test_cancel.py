@@ -176,3 +176,32 @@ async def test_a_backend_without_the_capability_says_so(kit: BackendKit) -> None
 
     with pytest.raises(UnsupportedOperation, match="cancel"):
         await backend.cancel("x")
+
+
+async def test_a_task_asked_to_cancel_is_never_retried_even_if_its_attempt_fails(
+    kit: BackendKit,
+) -> None:
+    backend = await kit.make()
+    require(backend, Capability.CANCEL, Capability.GET)
+    task_id = await backend.push(Job(0))
+    started, proceed = asyncio.Event(), asyncio.Event()
+
+    async def handle(job: Job) -> None:
+        started.set()
+        await asyncio.shield(proceed.wait())  # the in-process cancel cannot reach it...
+        raise ConnectionError("...and it fails on its own")
+
+    worker = WorkerBuilder("w").backend(backend).build(handle)
+    running = asyncio.create_task(worker.run_until_idle())
+    async with asyncio.timeout(RUN_LIMIT):
+        await started.wait()
+        # As a request from another process before its next heartbeat: only the store knows.
+        await backend._cancel(task_id, "stop it")
+        proceed.set()
+        summary = await running
+    task = await backend.get(task_id)
+    assert task is not None and (task.status, task.last_error) == (
+        Status.CANCELLED,
+        "cancelled: stop it",
+    )
+    assert summary.failed == 1  # the worker saw a failure; the store made it final

@@ -255,6 +255,9 @@ class MemoryBackend(Backend):
                 refused.append(task.id)
                 continue
             row.attempts += 1
+            if row.cancel_reason is not None:  # asked to cancel meanwhile: never retried
+                self._cancelled(row, row.cancel_reason)
+                continue
             self._unlock(row)
             row.status = Status.FAILED
             row.run_at = retry.at

@@ -194,8 +194,12 @@ WITH started AS (
     WHERE t.id = a.id AND t.attempts = a.attempts AND {_HELD}
     RETURNING t.id, a.attempts
 ), retried AS (
-    UPDATE {{s}}.tasks AS t SET status = 'Failed', {_UNLOCK}, run_at = a.run_at,
-        last_error = a.error
+    -- A task asked to cancel while this attempt ran is never retried: it ends Cancelled.
+    UPDATE {{s}}.tasks AS t SET {_UNLOCK}, run_at = a.run_at,
+        status = CASE WHEN t.cancel_reason IS NULL THEN 'Failed' ELSE 'Cancelled' END,
+        last_error = CASE WHEN t.cancel_reason IS NULL THEN a.error
+                          ELSE 'cancelled: ' || t.cancel_reason END,
+        done_at = CASE WHEN t.cancel_reason IS NULL THEN t.done_at ELSE $10 END
     FROM unnest($5::text[], $6::float8[], $7::text[], $16::int[])
         AS a(id, run_at, error, attempts)
     WHERE t.id = a.id AND t.attempts = a.attempts AND {_HELD}

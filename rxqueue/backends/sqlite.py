@@ -121,7 +121,14 @@ _HELD = f"WHERE id = ? AND lock_by = ? AND attempts = ? AND {_ACTIVE}"  # this v
 _UNLOCK = "attempts = attempts + 1, lock_by = NULL, lock_at = NULL"
 _STARTED = f"UPDATE tasks SET status = 'Running' {_HELD}"
 _DONE = f"UPDATE tasks SET status = 'Done', {_UNLOCK}, result = ?, done_at = ? {_HELD}"
-_RETRY = f"UPDATE tasks SET status = 'Failed', {_UNLOCK}, run_at = ?, last_error = ? {_HELD}"
+# A task asked to cancel while this attempt ran is never retried: it ends Cancelled.
+_RETRY = f"""
+UPDATE tasks SET status = CASE WHEN cancel_reason IS NULL THEN 'Failed' ELSE 'Cancelled' END,
+    {_UNLOCK}, run_at = ?,
+    last_error = CASE WHEN cancel_reason IS NULL THEN ? ELSE 'cancelled: ' || cancel_reason END,
+    done_at = CASE WHEN cancel_reason IS NULL THEN done_at ELSE ? END
+{_HELD}
+"""
 _KILLED = f"UPDATE tasks SET status = 'Killed', {_UNLOCK}, last_error = ?, done_at = ? {_HELD}"
 _CANCELLED = (
     f"UPDATE tasks SET status = 'Cancelled', {_UNLOCK}, last_error = ?, done_at = ? {_HELD}"
@@ -229,7 +236,7 @@ def _apply_acks(conn: sqlite3.Connection, batch: AckBatch, now: float) -> list[T
     for statement, rows in (
         (_STARTED, [(task.id, worker, task.attempts) for task in batch.started]),
         (_DONE, [(result, now, task.id, worker, task.attempts) for task, result in batch.done]),
-        (_RETRY, [(r.at, r.error, task.id, worker, task.attempts) for task, r in batch.retried]),
+        (_RETRY, [(r.at, r.error, now, t.id, worker, t.attempts) for t, r in batch.retried]),
         (_KILLED, [(k.error, now, task.id, worker, task.attempts) for task, k in batch.killed]),
         (
             _CANCELLED,
