@@ -320,3 +320,18 @@ def test_schema_sql_prints_the_postgresql_ddl_and_touches_nothing(
         main(["schema", "--sql", "--schema", "no spaces; drop"])
     with pytest.raises(SystemExit, match="postgresql:// URL to migrate, or --sql"):
         main(["schema"])
+
+
+def test_cancel_ends_a_waiting_task_and_says_what_happened(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    assert main(["push", url, '{"n": 1}']) == 0
+    task_id = capsys.readouterr().out.strip()
+    assert main(["cancel", url, task_id, "--reason", "no longer wanted"]) == 0
+    assert f"{task_id} cancelled" in capsys.readouterr().out
+    assert main(["cancel", url, task_id]) == 0
+    assert "already finished (Cancelled)" in capsys.readouterr().out
+    assert main(["get", url, task_id, "--json"]) == 0
+    shown = orjson.loads(capsys.readouterr().out)
+    assert (shown["status"], shown["last_error"]) == ("Cancelled", "cancelled: no longer wanted")
