@@ -379,7 +379,7 @@ async def _command(args: argparse.Namespace, handler: Callable[..., Any] | None)
         elif args.command == "cancel":
             status = await backend.cancel(args.task_id, args.reason)
             if status is Status.CANCELLED:
-                print(f"{args.task_id} cancelled")
+                print(f"{args.task_id} is cancelled")
             elif status in (Status.QUEUED, Status.RUNNING):
                 print(f"{args.task_id} is {status.value}: its worker cancels it at its next beat")
             else:

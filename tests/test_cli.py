@@ -329,9 +329,13 @@ def test_cancel_ends_a_waiting_task_and_says_what_happened(
     assert main(["push", url, '{"n": 1}']) == 0
     task_id = capsys.readouterr().out.strip()
     assert main(["cancel", url, task_id, "--reason", "no longer wanted"]) == 0
-    assert f"{task_id} cancelled" in capsys.readouterr().out
-    assert main(["cancel", url, task_id]) == 0
-    assert "already finished (Cancelled)" in capsys.readouterr().out
+    assert f"{task_id} is cancelled" in capsys.readouterr().out
+    assert main(["push", url, '{"name": "ada"}']) == 0
+    done_id = capsys.readouterr().out.strip()
+    assert main(["worker", url, "tests.cli_handlers:greet", "--burst"]) == 0
+    capsys.readouterr()
+    assert main(["cancel", url, done_id]) == 0
+    assert "already finished (Done); left as it is" in capsys.readouterr().out
     assert main(["get", url, task_id, "--json"]) == 0
     shown = orjson.loads(capsys.readouterr().out)
     assert (shown["status"], shown["last_error"]) == ("Cancelled", "cancelled: no longer wanted")
