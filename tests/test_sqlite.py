@@ -254,7 +254,7 @@ async def test_a_version_2_file_with_tasks_in_every_status_upgrades_for_cancel(
     async with SqliteBackend(path, clock=clock, lease_timeout=30.0) as b:
         assert (await b.stats())[Status.QUEUED] == 1  # opened: migrated
         with raw(path) as conn:
-            assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
             # Every row as it was, rowids too (list() orders by them); no request yet.
             rows = conn.execute(f"SELECT {columns}, cancel_reason FROM tasks ORDER BY rowid")
             assert rows.fetchall() == [(*row, None) for row in V2_ROWS]

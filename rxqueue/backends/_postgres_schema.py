@@ -28,7 +28,7 @@ import asyncpg
 
 from rxqueue.errors import BackendError, BackendUnavailable, InvalidOption, SchemaError
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MAX_SCHEMA: Final = 48  # channel names (<schema>_<hash>_d) must fit in 63 bytes
@@ -142,6 +142,18 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         """
         CREATE INDEX tasks_finished ON {s}.tasks (queue, done_at)
         WHERE status IN ('Done', 'Killed', 'Cancelled')
+        """,
+    ),
+    # Limits shared by all workers: one row per queue, locked (FOR UPDATE, by an
+    # upsert) by every claim under rate_limit / max_running, which serialises those
+    # claims; it holds the rate limit's token bucket (rxqueue.backends.base.Limits).
+    4: (
+        """
+        CREATE TABLE {s}.limits (
+            queue      text             PRIMARY KEY,
+            tokens     double precision NOT NULL,
+            updated_at double precision NOT NULL
+        )
         """,
     ),
 }

@@ -20,7 +20,7 @@ from rxqueue.errors import BackendError, BackendUnavailable, SchemaError
 
 Durability = Literal["normal", "full"]
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 
 # Statuses are the text values of rxqueue.task.Status. The claim's partial index
 # holds only ready tasks, so claiming stays an index range scan however many
@@ -137,6 +137,17 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         """
         CREATE UNIQUE INDEX tasks_unique ON tasks (queue, unique_key)
         WHERE unique_key IS NOT NULL
+        """,
+    ),
+    # Limits shared by all workers: a queue's rate-limit token bucket, read and
+    # updated by claims inside their write transaction (rxqueue.backends.base.Limits).
+    4: (
+        """
+        CREATE TABLE limits (
+            queue      TEXT NOT NULL PRIMARY KEY,
+            tokens     REAL NOT NULL,
+            updated_at REAL NOT NULL
+        ) WITHOUT ROWID
         """,
     ),
 }

@@ -29,8 +29,10 @@ import builtins
 import contextlib
 import copy
 import enum
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, Self
 
@@ -81,6 +83,7 @@ class Capability(enum.StrEnum):
     TRANSACTIONS = "transactions"  # push(..., connection=conn) joins the caller's transaction
     UNIQUE = "unique"  # push(..., unique_key=...) is idempotent, enforced by the store
     CANCEL = "cancel"  # cancel(task_id) ends a waiting task, or a running one in its worker
+    LIMITS = "limits"  # rate_limit= and max_running= hold across every worker of the queue
 
 
 ALL_CAPABILITIES = frozenset(Capability) - {Capability.TRANSACTIONS}
@@ -637,6 +640,104 @@ class ClaimingBackend(Backend):
             local.doorbell.notify()
             ended = (Status.KILLED, Status.CANCELLED)
             local.finished(task_id for task_id, status in changed if status in ended)
+
+
+# --- limits shared by all workers ----------------------------------------------------------
+
+# Token counts are floats refilled by elapsed epoch seconds, which keep only about
+# 0.24 µs of precision today: a refill meant to make a whole token may come out a
+# hair short. A token is counted whole when it is due within this many seconds.
+_TIME_SLACK = 1e-6
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A queue's limits, checked by the store inside every claim (``Capability.LIMITS``).
+
+    ``rate_limit=(n, per)``: a token bucket of ``n`` tokens, refilled continuously at
+    ``n / per`` tokens a second; a claimed task takes one. A full bucket (the start,
+    or a queue idle for ``per`` seconds) lets a burst of ``n`` claims through at once,
+    so any window of ``per`` seconds holds at most ``2 * n`` claims, and over a long
+    run the rate tends to ``n / per``. ``max_running=n``: at most ``n`` tasks of the
+    queue are claimed or running (Queued or Running) at once, whoever holds them.
+
+    The bucket's state lives in the store, per queue; the refill rate is the
+    claiming backend's own, so every process of a queue should set the same limits.
+    """
+
+    rate_limit: tuple[int, float] | None = None
+    max_running: int | None = None
+
+    @classmethod
+    def check(cls, rate_limit: Any, max_running: Any) -> Limits | None:
+        """The limits these options ask for (None for none); InvalidOption names a bad one."""
+        rate: tuple[int, float] | None = None
+        if rate_limit is not None:
+            if (
+                not isinstance(rate_limit, tuple | list)
+                or len(rate_limit) != 2
+                or isinstance(rate_limit[0], bool)
+                or not isinstance(rate_limit[0], int)
+                or rate_limit[0] < 1
+                or isinstance(rate_limit[1], bool)
+                or not isinstance(rate_limit[1], int | float)
+                or not math.isfinite(rate_limit[1])
+                or rate_limit[1] <= 0
+            ):
+                raise InvalidOption(
+                    "rate_limit must be a pair (count, seconds): at most count task starts "
+                    "(a positive int) per seconds (a positive finite number), e.g. "
+                    f"(100, 1.0); got {rate_limit!r}"
+                )
+            rate = (int(rate_limit[0]), float(rate_limit[1]))
+        if max_running is not None and (
+            isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1
+        ):
+            raise InvalidOption(
+                f"max_running must be a positive int (tasks claimed or running at once), "
+                f"got {max_running!r}"
+            )
+        if rate is None and max_running is None:
+            return None
+        return cls(rate, max_running)
+
+    def refill(self, stored: Sequence[float] | None, now: float) -> tuple[float, float]:
+        """The bucket at ``now`` from its ``stored`` (tokens, time): (tokens, its new
+        time). Nothing stored yet: a full bucket.
+
+        A clock behind the stored time (another host's) adds nothing and keeps the
+        stored time, so the bucket never runs backwards."""
+        if stored is None:
+            return (0.0 if self.rate_limit is None else float(self.rate_limit[0]), now)
+        tokens, updated_at = float(stored[0]), float(stored[1])
+        if self.rate_limit is None:
+            return (0.0, max(updated_at, now))
+        count, per = self.rate_limit
+        elapsed = max(0.0, now - updated_at)
+        return (min(float(count), tokens + elapsed * count / per), max(updated_at, now))
+
+    def allowance(self, wanted: int, tokens: float, active: int) -> int:
+        """How many tasks a claim may take: ``wanted``, bounded by the whole tokens in
+        the bucket and by the room ``max_running`` leaves beside ``active`` tasks."""
+        allowed = wanted
+        if self.rate_limit is not None:
+            count, per = self.rate_limit
+            allowed = min(allowed, math.floor(tokens + _TIME_SLACK * count / per))
+        if self.max_running is not None:
+            allowed = min(allowed, self.max_running - active)
+        return max(0, allowed)
+
+    def spend(self, tokens: float, taken: int) -> float:
+        """The tokens left after a claim took ``taken`` tasks."""
+        if self.rate_limit is None:
+            return tokens
+        return max(0.0, tokens - taken)
+
+
+def frees_room(limits: Limits | None, batch: AckBatch) -> bool:
+    """Did ``batch`` end tasks of a queue under ``max_running``? Then fetchers waiting
+    for room in this process are rung (others find it at their next poll)."""
+    return bool(limits is not None and limits.max_running is not None and batch.finished)
 
 
 def _check_unique_keys(keys: Any, count: int) -> list[str | None]:

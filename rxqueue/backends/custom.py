@@ -131,6 +131,11 @@ class BackendBuilder(Generic[Db, Cfg]):
                     "a custom backend cannot declare Capability.UNIQUE: its sink stores "
                     "tasks one by one and cannot answer a taken key with the holder's id"
                 )
+            if capability is Capability.LIMITS:
+                raise BuildError(
+                    "a custom backend cannot declare Capability.LIMITS: rate_limit= and "
+                    "max_running= are options of the stores that enforce them in their claim"
+                )
         self._capabilities.update(capabilities)
         return self
 

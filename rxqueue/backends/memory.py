@@ -18,7 +18,7 @@ import orjson
 from reactivex import Observable
 
 from rxqueue.acks import AckBatch
-from rxqueue.backends.base import ALL_CAPABILITIES, Backend
+from rxqueue.backends.base import ALL_CAPABILITIES, Backend, Limits, frees_room
 from rxqueue.clock import Clock, system_clock
 from rxqueue.codec import DEFAULT_CODEC, Codec
 from rxqueue.demand import Demand
@@ -93,7 +93,10 @@ class _Row:
 
 
 class MemoryBackend(Backend):
-    """A complete backend in a dict and two heaps. ``rxqueue.connect("memory://")``."""
+    """A complete backend in a dict and two heaps. ``rxqueue.connect("memory://")``.
+
+    ``rate_limit=(n, per)`` and ``max_running=n`` limit the claims of every worker
+    on this backend (see :class:`~rxqueue.backends.base.Limits`)."""
 
     capabilities = ALL_CAPABILITIES
 
@@ -107,8 +110,12 @@ class MemoryBackend(Backend):
         lease_timeout: float = 60.0,
         poll_interval: float = 0.05,
         max_poll_interval: float = 1.0,
+        rate_limit: tuple[int, float] | None = None,
+        max_running: int | None = None,
     ) -> None:
         super().__init__(queue=queue, codec=codec, clock=clock, max_attempts=max_attempts)
+        self.limits = Limits.check(rate_limit, max_running)
+        self._bucket: tuple[float, float] | None = None  # (tokens, updated_at) once claimed
         self.lease_timeout = lease_timeout
         self.poll_interval = poll_interval
         self.max_poll_interval = max(poll_interval, max_poll_interval)
@@ -141,6 +148,9 @@ class MemoryBackend(Backend):
     def _claim(self, limit: int, worker: str) -> list[Task[Any]]:
         now = self.clock()
         self._promote_due(now)
+        limits = self.limits
+        if limits is not None:
+            return self._claim_limited(limits, limit, worker, now)
         ready = self._ready
         claimed: list[Task[Any]] = []
         locked = self._locked.setdefault(worker, set())
@@ -153,6 +163,36 @@ class MemoryBackend(Backend):
             row.lock_at = now
             locked.add(row.id)
             claimed.append(row.snapshot())
+        return claimed
+
+    def _claim_limited(
+        self, limits: Limits, limit: int, worker: str, now: float
+    ) -> list[Task[Any]]:
+        """The claim under ``rate_limit`` / ``max_running``: as many as they allow."""
+        tokens, updated_at = limits.refill(self._bucket, now)
+        active = 0
+        if limits.max_running is not None:
+            active = sum(
+                1
+                for held in self._locked.values()
+                for task_id in held
+                if (row := self._rows.get(task_id)) is not None and row.status in ACTIVE
+            )
+        allowed = limits.allowance(limit, tokens, active)
+        claimed: list[Task[Any]] = []
+        ready = self._ready
+        locked = self._locked.setdefault(worker, set())
+        while ready and len(claimed) < allowed:
+            _, _, _, version, row = heapq.heappop(ready)
+            if row.version != version or row.status not in READY:
+                continue
+            row.status = Status.QUEUED
+            row.lock_by = worker
+            row.lock_at = now
+            locked.add(row.id)
+            claimed.append(row.snapshot())
+        if claimed:  # else the stored bucket refills to the same tokens later
+            self._bucket = (limits.spend(tokens, len(claimed)), updated_at)
         return claimed
 
     def _unlock(self, row: _Row) -> None:
@@ -278,7 +318,7 @@ class MemoryBackend(Backend):
             self._end(row, Status.CANCELLED, now)
             row.last_error = cancelled.error
         local = self._local()
-        if batch.retried:
+        if batch.retried or frees_room(self.limits, batch):
             local.doorbell.notify()
         local.finished(batch.finished)
         return refused

@@ -57,7 +57,13 @@ from rxqueue.backends._rows import (
     read_claimed,
     read_shown,
 )
-from rxqueue.backends.base import ALL_CAPABILITIES, Capability, ClaimingBackend
+from rxqueue.backends.base import (
+    ALL_CAPABILITIES,
+    Capability,
+    ClaimingBackend,
+    Limits,
+    frees_room,
+)
 from rxqueue.clock import Clock, system_clock
 from rxqueue.codec import DEFAULT_CODEC, Codec
 from rxqueue.errors import (
@@ -111,6 +117,38 @@ WHERE id = ANY(ARRAY(
 ))
 RETURNING {_COLUMNS}
 """
+# Limits: a claim under rate_limit / max_running is a transaction that first locks
+# the queue's limits row, so such claims run one at a time, each seeing the tasks
+# the previous one claimed (READ COMMITTED: a new statement, a new snapshot). Then
+# _CLAIM limited by the tokens ($4, counted by the caller) and by max_running ($5,
+# less the tasks held now, counted through tasks_held), which spends the tokens
+# ($6 refilled as of $7) of the tasks it claimed.
+_LOCK_LIMITS: Final = "SELECT tokens, updated_at FROM {s}.limits WHERE queue = $1 FOR UPDATE"
+_ADD_LIMITS: Final = """
+INSERT INTO {s}.limits (queue, tokens, updated_at) VALUES ($1, $2, $3)
+ON CONFLICT (queue) DO NOTHING
+"""
+_CLAIM_LIMITED: Final = f"""
+WITH claimed AS (
+    UPDATE {{s}}.tasks SET status = 'Queued', lock_by = $1, lock_at = $2
+    WHERE id = ANY(ARRAY(
+        SELECT id FROM {{s}}.tasks
+        WHERE queue = $3 AND {_READY} AND run_at <= $2
+        ORDER BY priority DESC, run_at, id
+        LIMIT greatest(0, least($4::int, $5::int - (
+            SELECT count(*) FROM {{s}}.tasks WHERE queue = $3 AND {_ACTIVE})))
+        FOR UPDATE SKIP LOCKED
+    ))
+    RETURNING {_COLUMNS}
+), spent AS (
+    UPDATE {{s}}.limits SET tokens = greatest(0, $6::float8 - (SELECT count(*) FROM claimed)),
+        updated_at = $7
+    WHERE queue = $3 AND EXISTS (SELECT 1 FROM claimed)
+)
+SELECT * FROM claimed
+"""
+_NO_CAP: Final = 2**31 - 1  # max_running when unset
+
 # $1 queue, $2.. the columns as arrays, $11 the queue's channel.
 _INSERT: Final = """
 WITH inserted AS (
@@ -669,7 +707,10 @@ class PostgresBackend(ClaimingBackend):
     attempt (an unreachable server fails a push within it), ``command_timeout``
     a statement (``None``: no limit). ``lease_timeout`` is how long a worker
     may go without a heartbeat before its tasks are reclaimed;
-    ``heartbeat_interval`` is how often workers send one.
+    ``heartbeat_interval`` is how often workers send one. ``rate_limit=(n, per)``
+    and ``max_running=n`` hold for the queue across every worker on any host,
+    checked inside the claim (see :class:`~rxqueue.backends.base.Limits`); claims
+    under a limit are one transaction of two statements, run one at a time per queue.
     """
 
     capabilities = ALL_CAPABILITIES | {Capability.TRANSACTIONS}
@@ -692,8 +733,11 @@ class PostgresBackend(ClaimingBackend):
         worker_name: str | None = None,
         connect_timeout: float = 5.0,
         command_timeout: float | None = 60.0,
+        rate_limit: tuple[int, float] | None = None,
+        max_running: int | None = None,
     ) -> None:
         super().__init__(queue=queue, codec=codec, clock=clock, max_attempts=max_attempts)
+        self.limits = Limits.check(rate_limit, max_running)
         _check_url(dsn)
         self.schema = check_schema(schema)
         for name, value in {
@@ -866,12 +910,16 @@ class PostgresBackend(ClaimingBackend):
         """Claim up to ``limit`` ready tasks for ``worker``, in claim order
         (priority desc, run_at, id), payloads still encoded.
 
-        The fetcher's one store call; tests may call it to act as a worker.
+        The fetcher's one store call; tests may call it to act as a worker. One
+        statement; under :attr:`limits`, a transaction of two (see _CLAIM_LIMITED).
         """
         now = self.clock()
         try:
             async with self._connection() as conn:
-                rows = await conn.fetch(self._sql.claim, worker, now, self.queue, limit)
+                if self.limits is None:
+                    rows = await conn.fetch(self._sql.claim, worker, now, self.queue, limit)
+                else:
+                    rows = await self._claim_limited(conn, self.limits, worker, now, limit)
         except BackendUnavailable:
             await self._unclaim(worker, now)
             raise
@@ -894,6 +942,26 @@ class PostgresBackend(ClaimingBackend):
         if len(tasks) > 1:
             tasks.sort(key=claim_order)
         return tasks
+
+    async def _claim_limited(
+        self, conn: asyncpg.Connection, limits: Limits, worker: str, now: float, limit: int
+    ) -> list[asyncpg.Record]:
+        sql, queue = self._sql, self.queue
+        async with conn.transaction():
+            stored = await conn.fetchrow(sql.lock_limits, queue)
+            if stored is None:  # the queue's first limited claim: add its row, then lock it
+                full = float(limits.rate_limit[0]) if limits.rate_limit else 0.0
+                await conn.execute(sql.add_limits, queue, full, now)
+                stored = await conn.fetchrow(sql.lock_limits, queue)
+            tokens, updated_at = limits.refill((stored[0], stored[1]), now)
+            allowed = limits.allowance(limit, tokens, 0)  # max_running: counted in SQL
+            if not allowed:
+                return []
+            cap = _NO_CAP if limits.max_running is None else limits.max_running
+            rows: list[asyncpg.Record] = await conn.fetch(
+                sql.claim_limited, worker, now, queue, allowed, cap, tokens, updated_at
+            )
+            return rows
 
     async def _unclaim(self, worker: str, claimed_at: float) -> None:
         """The connection was lost during a claim, which may have committed: hand
@@ -1070,7 +1138,7 @@ class PostgresBackend(ClaimingBackend):
         order += [(task.id, task.attempts) for task, _ in batch.cancelled]
         refused = [claim[0] for claim in dict.fromkeys(order) if claim not in applied]
         local = self._local()
-        if ready_now:
+        if ready_now or frees_room(self.limits, batch):
             local.doorbell.notify()
         if local.waiters:
             local.finished(batch.finished)
@@ -1260,6 +1328,9 @@ class _Statements:
             return template.replace("{s}", s)
 
         self.claim = sql(_CLAIM)
+        self.lock_limits = sql(_LOCK_LIMITS)
+        self.add_limits = sql(_ADD_LIMITS)
+        self.claim_limited = sql(_CLAIM_LIMITED)
         self.unclaim = sql(_UNCLAIM)
         self.insert = sql(_INSERT)
         self.release_keys = sql(_RELEASE_KEYS)

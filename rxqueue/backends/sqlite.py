@@ -48,7 +48,7 @@ from rxqueue.backends._rows import (
     read_shown,
 )
 from rxqueue.backends._sqlite_connection import Connection, Job
-from rxqueue.backends.base import ALL_CAPABILITIES, ClaimingBackend
+from rxqueue.backends.base import ALL_CAPABILITIES, ClaimingBackend, Limits, frees_room
 from rxqueue.clock import Clock, system_clock
 from rxqueue.codec import DEFAULT_CODEC, Codec
 from rxqueue.errors import (
@@ -91,6 +91,17 @@ WHERE rowid IN (
     ORDER BY priority DESC, run_at, id LIMIT ?
 )
 RETURNING {_COLUMNS}
+"""
+# Limits (a claim under rate_limit / max_running, inside its write transaction). The
+# tasks a queue holds are counted through tasks_leases: only held tasks are in it.
+_BUCKET = "SELECT tokens, updated_at FROM limits WHERE queue = ?"
+_SET_BUCKET = """
+INSERT INTO limits (queue, tokens, updated_at) VALUES (?1, ?2, ?3)
+ON CONFLICT (queue) DO UPDATE SET tokens = excluded.tokens, updated_at = excluded.updated_at
+"""
+_HELD_COUNT = f"""
+SELECT count(*) FROM tasks INDEXED BY tasks_leases
+WHERE lock_by IS NOT NULL AND queue = ? AND {_ACTIVE}
 """
 _ANY_READY = f"SELECT 1 FROM tasks WHERE queue = ? AND {_READY} AND run_at <= ? LIMIT 1"
 _HAS_WORK = f"SELECT EXISTS (SELECT 1 FROM tasks WHERE queue = ? AND {_READY} AND run_at <= ?)"
@@ -276,7 +287,10 @@ class SqliteBackend(ClaimingBackend):
     closes them. ``path`` may be a ``file:...`` URI (e.g. ``?mode=ro``).
     ``lease_timeout`` is how long a worker may go without a heartbeat before its
     tasks are reclaimed; ``heartbeat_interval`` is how often workers send one.
-    See the module docstring for ``durability``.
+    See the module docstring for ``durability``. ``rate_limit=(n, per)`` (at most
+    ``n`` task starts per ``per`` seconds) and ``max_running=n`` (tasks claimed or
+    running at once) hold for the queue across every worker and process, checked
+    inside the claim (see :class:`~rxqueue.backends.base.Limits`).
     """
 
     capabilities = ALL_CAPABILITIES
@@ -295,8 +309,11 @@ class SqliteBackend(ClaimingBackend):
         poll_interval: float = 0.05,
         max_poll_interval: float = 1.0,
         busy_timeout: float = 5.0,
+        rate_limit: tuple[int, float] | None = None,
+        max_running: int | None = None,
     ) -> None:
         super().__init__(queue=queue, codec=codec, clock=clock, max_attempts=max_attempts)
+        self.limits = Limits.check(rate_limit, max_running)
         if durability not in ("normal", "full"):
             raise InvalidOption(f"durability must be 'normal' or 'full', got {durability!r}")
         positive = {
@@ -390,13 +407,21 @@ class SqliteBackend(ClaimingBackend):
         """Claim up to ``limit`` ready tasks for ``worker``, in claim order
         (priority desc, run_at, id), payloads still encoded.
 
-        The fetcher's one store call; tests may call it to act as a worker.
+        The fetcher's one store call; tests may call it to act as a worker. Under
+        :attr:`limits` it claims what they allow, reading and updating the queue's
+        bucket in the same write transaction (one writer at a time, across processes).
         """
         now = self.clock()
         queue = self.queue
+        limits = self.limits
 
         def claim(conn: sqlite3.Connection) -> list[Task[Any]]:
-            rows = conn.execute(_CLAIM, (worker, now, queue, now, limit)).fetchall()
+            if limits is None:
+                rows = conn.execute(_CLAIM, (worker, now, queue, now, limit)).fetchall()
+            else:
+                rows = _claim_limited(
+                    conn, limits, worker=worker, queue=queue, now=now, limit=limit
+                )
             tasks: list[Task[Any]] = []
             corrupt: list[Row] = []
             for row in rows:
@@ -463,7 +488,7 @@ class SqliteBackend(ClaimingBackend):
             return []
         refused = await self._write(partial(_apply_acks, batch=batch, now=self.clock()))
         local = self._local()
-        if batch.retried:
+        if batch.retried or frees_room(self.limits, batch):
             local.doorbell.notify()
         if local.waiters:
             local.finished(batch.finished)
@@ -653,6 +678,24 @@ def _first_existing(conn: sqlite3.Connection, *, ids: Sequence[TaskId]) -> TaskI
         if conn.execute(_EXISTS, (task_id,)).fetchone():
             return task_id
     return None
+
+
+def _claim_limited(
+    conn: sqlite3.Connection, limits: Limits, *, worker: str, queue: str, now: float, limit: int
+) -> list[Row]:
+    """Claim what the queue's limits allow, and take the claimed tasks' tokens."""
+    stored = conn.execute(_BUCKET, (queue,)).fetchone()
+    tokens, updated_at = limits.refill(stored, now)
+    active = 0
+    if limits.max_running is not None:
+        active = conn.execute(_HELD_COUNT, (queue,)).fetchone()[0]
+    allowed = limits.allowance(limit, tokens, active)
+    rows: list[Row] = []
+    if allowed:
+        rows = conn.execute(_CLAIM, (worker, now, queue, now, allowed)).fetchall()
+    if rows and limits.rate_limit is not None:  # else it refills to the same tokens later
+        conn.execute(_SET_BUCKET, (queue, limits.spend(tokens, len(rows)), updated_at))
+    return rows
 
 
 def _expire(
