@@ -81,6 +81,7 @@ class Ledger:
         self._reserved = 0  # slots reserved by claims in progress
         self._capacity = asyncio.Event()
         self._wanted = 1  # the free capacity a waiting fetcher asked for
+        self._waiting = False  # a fetcher waits in wait_for_capacity (checked per task)
         self._fetches_done = asyncio.Event()
         self._fetches_done.set()
         self._on_dropped = on_dropped
@@ -147,7 +148,11 @@ class Ledger:
             return
         self._wanted = at_least
         self._capacity.clear()
-        await self._capacity.wait()
+        self._waiting = True
+        try:
+            await self._capacity.wait()
+        finally:
+            self._waiting = False
 
     def _enough(self, at_least: int) -> bool:
         free = self.free_capacity
@@ -155,7 +160,7 @@ class Ledger:
 
     def capacity_changed(self) -> None:
         """A task left the buffer: wake a waiting fetcher if it now has enough room."""
-        if not self._capacity.is_set() and self._enough(self._wanted):
+        if self._waiting and not self._capacity.is_set() and self._enough(self._wanted):
             self._capacity.set()
 
     def wake(self) -> None:

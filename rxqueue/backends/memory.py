@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,8 +36,7 @@ from rxqueue.task import (
     task_reader,
 )
 
-_SNAPSHOT = task_reader(FIELDS)
-_ROW_VALUES = operator.attrgetter(*FIELDS)  # a row's fields, by name, in one C call
+_SNAPSHOT = task_reader(FIELDS, attributes=True)  # a Task from a _Row's fields, by name
 
 
 class _Row:
@@ -89,7 +87,7 @@ class _Row:
         self.cancel_reason: str | None = None  # asked to cancel while claimed
 
     def snapshot(self) -> Task[Any]:
-        return _SNAPSHOT(_ROW_VALUES(self))
+        return _SNAPSHOT(self)
 
 
 class MemoryBackend(Backend):
