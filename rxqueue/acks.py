@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rxqueue.task import Cancelled, Done, Killed, Retry, Started, Task, TaskId, Update
+from rxqueue.task import Cancelled, Done, Killed, Progress, Retry, Started, Task, TaskId, Update
 
 
 @dataclass(slots=True)
@@ -27,6 +27,8 @@ class AckBatch:
 
     worker: str
     started: list[Task[Any]] = field(default_factory=list)
+    # Progress of tasks still running (no outcome: never refused as a lost lease).
+    progress: list[tuple[Task[Any], Progress]] = field(default_factory=list)
     done: list[tuple[Task[Any], bytes | None]] = field(default_factory=list)
     retried: list[tuple[Task[Any], Retry]] = field(default_factory=list)
     killed: list[tuple[Task[Any], Killed]] = field(default_factory=list)
@@ -48,6 +50,8 @@ class AckBatch:
                 batch.done.append((task, result))
             elif kind is Started:
                 batch.started.append(task)
+            elif kind is Progress:
+                batch.progress.append((task, update))  # type: ignore[arg-type]
             elif kind is Retry:
                 batch.retried.append((task, update))  # type: ignore[arg-type]
             elif kind is Killed:
@@ -57,12 +61,12 @@ class AckBatch:
             else:
                 raise TypeError(
                     f"AckBatch: unknown update {update!r} for task {task.id}; "
-                    "expected Started, Done, Retry, Killed or Cancelled"
+                    "expected Started, Progress, Done, Retry, Killed or Cancelled"
                 )
         return batch
 
     def __len__(self) -> int:
-        return len(self.started) + self.outcomes
+        return len(self.started) + len(self.progress) + self.outcomes
 
     @property
     def finished(self) -> list[TaskId]:

@@ -297,6 +297,9 @@ def _fields(task: Task[Any]) -> dict[str, Any]:
         "args": task.args,
         "result": task.result,
         "metadata": dict(task.metadata),
+        "unique_key": task.unique_key,
+        "progress": task.progress,
+        "progress_note": task.progress_note,
     }
 
 

@@ -108,6 +108,9 @@ class Task(Generic[T]):
     # other task of its queue may hold ``unique_key``: a push with it returns this id.
     unique_key: str | None = None
     unique_until: float | None = None
+    # What the handler last reported with ``await ctx.progress(fraction, note)``.
+    progress: float | None = None
+    progress_note: str | None = None
 
     def evolve(self, **changes: Any) -> Task[T]:
         """A copy with ``changes`` applied (the record itself never changes)."""
@@ -133,6 +136,8 @@ _DEFAULTS: Final[dict[str, Any]] = {
     "result": None,
     "unique_key": None,
     "unique_until": None,
+    "progress": None,
+    "progress_note": None,
 }
 
 
@@ -363,6 +368,8 @@ class PushOptions:
                 dict(self.metadata or {}),
                 key,
                 None if key is None or unique_for is None else now + unique_for,
+                None,
+                None,
             )
         )
 
@@ -417,4 +424,16 @@ class Started:
     at: float
 
 
-Update: TypeAlias = Started | Done | Retry | Killed | Cancelled
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Not an outcome: how far the running handler got (``await ctx.progress(...)``).
+
+    The worker writes the latest one per task with its next ack flush, at most
+    every ``progress_interval`` seconds, so reporting often costs nothing.
+    """
+
+    fraction: float
+    note: str | None = None
+
+
+Update: TypeAlias = Started | Progress | Done | Retry | Killed | Cancelled

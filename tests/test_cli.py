@@ -18,7 +18,8 @@ from rxqueue.cli import _sqlite_file, main
 
 FIELDS = [
     "id", "queue", "status", "attempts", "max_attempts", "priority", "run_at",
-    "created_at", "done_at", "last_error", "args", "result", "metadata",
+    "created_at", "done_at", "last_error", "args", "result", "metadata", "unique_key",
+    "progress", "progress_note",
 ]  # fmt: skip
 HANDLER_MODULE = "async def shout(payload):\n    return payload['word'].upper()\n"
 

@@ -28,7 +28,7 @@ import asyncpg
 
 from rxqueue.errors import BackendError, BackendUnavailable, InvalidOption, SchemaError
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MAX_SCHEMA: Final = 48  # channel names (<schema>_<hash>_d) must fit in 63 bytes
@@ -155,6 +155,11 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
             updated_at double precision NOT NULL
         )
         """,
+    ),
+    # Progress: what a running handler last reported (await ctx.progress(...)).
+    5: (
+        "ALTER TABLE {s}.tasks ADD COLUMN progress double precision",
+        "ALTER TABLE {s}.tasks ADD COLUMN progress_note text",
     ),
 }
 

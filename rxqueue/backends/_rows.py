@@ -18,7 +18,7 @@ from rxqueue.task import Status, Task, TaskId, task_reader
 COLUMN_NAMES: Final = (
     "id", "queue", "args", "status", "attempts", "max_attempts", "priority", "run_at",
     "created_at", "lock_by", "lock_at", "done_at", "last_error", "result", "metadata",
-    "unique_key", "unique_until",
+    "unique_key", "unique_until", "progress", "progress_note",
 )  # fmt: skip
 
 

@@ -20,7 +20,7 @@ from rxqueue.errors import BackendError, BackendUnavailable, SchemaError
 
 Durability = Literal["normal", "full"]
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 
 # Statuses are the text values of rxqueue.task.Status. The claim's partial index
 # holds only ready tasks, so claiming stays an index range scan however many
@@ -149,6 +149,11 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             updated_at REAL NOT NULL
         ) WITHOUT ROWID
         """,
+    ),
+    # Progress: what a running handler last reported (await ctx.progress(...)).
+    5: (
+        "ALTER TABLE tasks ADD COLUMN progress REAL",
+        "ALTER TABLE tasks ADD COLUMN progress_note TEXT",
     ),
 }
 

@@ -83,6 +83,7 @@ class Capability(enum.StrEnum):
     TRANSACTIONS = "transactions"  # push(..., connection=conn) joins the caller's transaction
     UNIQUE = "unique"  # push(..., unique_key=...) is idempotent, enforced by the store
     CANCEL = "cancel"  # cancel(task_id) ends a waiting task, or a running one in its worker
+    PROGRESS = "progress"  # await ctx.progress(...) is stored; get() shows it
     LIMITS = "limits"  # rate_limit= and max_running= hold across every worker of the queue
 
 

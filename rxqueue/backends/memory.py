@@ -55,6 +55,8 @@ class _Row:
         "max_attempts",
         "metadata",
         "priority",
+        "progress",
+        "progress_note",
         "queue",
         "result",
         "run_at",
@@ -83,6 +85,8 @@ class _Row:
         self.metadata = orjson.loads(orjson.dumps(dict(task.metadata))) if task.metadata else {}
         self.unique_key = task.unique_key
         self.unique_until = task.unique_until
+        self.progress: float | None = None
+        self.progress_note: str | None = None
         self.version = 0  # bumped whenever the row re-enters a heap; stale entries skip
         self.cancel_reason: str | None = None  # asked to cancel while claimed
 
@@ -274,6 +278,10 @@ class MemoryBackend(Backend):
     async def report(self, batch: AckBatch) -> list[TaskId]:
         now, worker = self.clock(), batch.worker
         refused: list[TaskId] = []
+        for task, progress in batch.progress:  # not an outcome: never refused
+            row = self._held(task, worker)
+            if row is not None:
+                row.progress, row.progress_note = progress.fraction, progress.note
         for task in batch.started:
             row = self._held(task, worker)
             if row is None:

@@ -221,7 +221,12 @@ SELECT NULL FROM (
 ) AS n
 """
 _ACKS: Final = f"""
-WITH started AS (
+WITH progressed AS (  -- not an outcome: never read, never refused
+    UPDATE {{s}}.tasks AS t SET progress = a.fraction, progress_note = a.note
+    FROM unnest($21::text[], $22::float8[], $23::text[], $24::int[])
+        AS a(id, fraction, note, attempts)
+    WHERE t.id = a.id AND t.attempts = a.attempts AND {_HELD}
+), started AS (
     UPDATE {{s}}.tasks AS t SET status = 'Running'
     FROM unnest($2::text[], $14::int[]) AS a(id, attempts)
     WHERE t.id = a.id AND t.attempts = a.attempts AND {_HELD}
@@ -938,6 +943,7 @@ class PostgresBackend(ClaimingBackend):
                 [error for _, error, _ in corrupt],
                 now, self.channel, False, self.done_channel,
                 [], [], [], [attempts for _, _, attempts in corrupt], [], [], [],
+                [], [], [], [],
             )  # fmt: skip
         if len(tasks) > 1:
             tasks.sort(key=claim_order)
@@ -1126,6 +1132,10 @@ class PostgresBackend(ClaimingBackend):
             [task.id for task, _ in batch.cancelled],
             [cancelled.error for _, cancelled in batch.cancelled],
             [task.attempts for task, _ in batch.cancelled],
+            [task.id for task, _ in batch.progress],
+            [progress.fraction for _, progress in batch.progress],
+            [progress.note for _, progress in batch.progress],
+            [task.attempts for task, _ in batch.progress],
         )
         # An update applies to its own claim only: (id, attempts) is the claim token.
         applied = {(row[0], row[1]) for row in rows if row[0] is not None}

@@ -131,6 +131,7 @@ _KEY_HOLDERS = f"SELECT unique_key, id FROM tasks WHERE queue = ? AND {_KEYS}"
 _HELD = f"WHERE id = ? AND lock_by = ? AND attempts = ? AND {_ACTIVE}"  # this very claim
 _UNLOCK = "attempts = attempts + 1, lock_by = NULL, lock_at = NULL"
 _STARTED = f"UPDATE tasks SET status = 'Running' {_HELD}"
+_PROGRESS = f"UPDATE tasks SET progress = ?, progress_note = ? {_HELD}"
 _DONE = f"UPDATE tasks SET status = 'Done', {_UNLOCK}, result = ?, done_at = ? {_HELD}"
 # A task asked to cancel while this attempt ran is never retried: it ends Cancelled.
 _RETRY = f"""
@@ -244,6 +245,11 @@ def _apply_acks(conn: sqlite3.Connection, batch: AckBatch, now: float) -> list[T
     """
     worker = batch.worker
     refused: list[TaskId] = []
+    if batch.progress:  # not an outcome: a task no longer held just keeps its old progress
+        conn.executemany(
+            _PROGRESS,
+            [(p.fraction, p.note, task.id, worker, task.attempts) for task, p in batch.progress],
+        )
     for statement, rows in (
         (_STARTED, [(task.id, worker, task.attempts) for task in batch.started]),
         (_DONE, [(result, now, task.id, worker, task.attempts) for task, result in batch.done]),

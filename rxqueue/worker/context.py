@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 
 from rxqueue.clock import Clock
 from rxqueue.demand import Ledger
-from rxqueue.task import Task, TaskId
+from rxqueue.errors import InvalidOption
+from rxqueue.task import Progress, Task, TaskId
 
 D = TypeVar("D")
 
@@ -38,6 +39,7 @@ class WorkerContext(Ledger):
         self.concurrency = concurrency
         self._data: dict[type, Any] = dict(data or {})
         self.cancelled: set[TaskId] = set()  # tasks asked to cancel, until their outcome
+        self.on_progress: Callable[[Task[Any], Progress], None] | None = None  # set by a run
 
     def data(self, kind: type[D]) -> D:
         """The object registered with ``WorkerBuilder.data(obj)`` for ``kind``."""
@@ -82,6 +84,23 @@ class TaskContext:
     @property
     def queue(self) -> str:
         return self.task.queue
+
+    async def progress(self, fraction: float, note: str | None = None) -> None:
+        """Report how far this task got (0.0 to 1.0) and, optionally, a note.
+
+        ``backend.get`` shows the latest report (written with the worker's next
+        ack flush, at most every ``progress_interval``), and ``worker.events``
+        emits each one as a ``Progress`` event. Report as often as you like.
+        """
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+            raise InvalidOption(f"progress must be a number from 0 to 1, got {fraction!r}")
+        if not 0.0 <= fraction <= 1.0:  # NaN fails this too
+            raise InvalidOption(f"progress must be a number from 0 to 1, got {fraction!r}")
+        if note is not None and not isinstance(note, str):
+            raise InvalidOption(f"a progress note must be a string, got {type(note).__name__}")
+        hook = self.worker.on_progress
+        if hook is not None:
+            hook(self.task, Progress(float(fraction), note))
 
     @property
     def cancelled(self) -> bool:

@@ -101,6 +101,16 @@ class Cancelled:
 
 
 @dataclass(frozen=True, slots=True)
+class Progress:
+    """A running handler reported how far it got (``await ctx.progress(...)``)."""
+
+    worker: str
+    task_id: TaskId
+    fraction: float
+    note: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class FetcherError:
     """The fetcher raised; the worker stops unless the backend was piped through ops.retry."""
 
@@ -156,6 +166,7 @@ Event: TypeAlias = (
     | Retrying
     | Killed
     | Cancelled
+    | Progress
     | FetcherError
     | AckError
     | LeaseLost

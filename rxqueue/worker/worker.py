@@ -31,7 +31,18 @@ from rxqueue.backends.sink import SinkObserver
 from rxqueue.backoff import constant
 from rxqueue.errors import BackendUnavailable, CodecError, WorkerError
 from rxqueue.streams import ObservableIterator, to_async_iterable
-from rxqueue.task import Cancelled, Done, Killed, Outcome, Retry, Started, Task, TaskId, Update
+from rxqueue.task import (
+    Cancelled,
+    Done,
+    Killed,
+    Outcome,
+    Progress,
+    Retry,
+    Started,
+    Task,
+    TaskId,
+    Update,
+)
 from rxqueue.worker import events as ev
 from rxqueue.worker.context import TaskContext, WorkerContext
 from rxqueue.worker.handler import HandlerSpec
@@ -74,6 +85,7 @@ class WorkerSettings:
     ack_batch: int = 256  # flush outcomes every this many tasks...
     ack_interval: float = 0.005  # ...or this many seconds
     idle_horizon: float = 60.0  # run_until_idle waits for tasks due this soon
+    progress_interval: float = 0.25  # progress reports are written at most this often
 
 
 _DONE = Done()  # shared by every handler that returns None
@@ -233,6 +245,8 @@ class _Run:
         self.idle_check: asyncio.Task[None] | None = None
         self.updates: list[tuple[Task[Any], Update]] = []
         self.started: dict[TaskId, tuple[Task[Any], float]] = {}
+        self.progress: dict[TaskId, tuple[Task[Any], Progress]] = {}  # latest, unwritten
+        self.progress_timer: asyncio.TimerHandle | None = None
         self.to_release: list[Task[Any]] = []  # dropped inside the pipe: back to the store
         self.revoked: set[TaskId] = set()  # killed in the store while buffered: never start
         # Asked to cancel while buffered: they end Cancelled without starting.
@@ -255,6 +269,7 @@ class _Run:
             data=worker._data,
             on_dropped=self._dropped,
         )
+        self.ctx.on_progress = self._progress
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -429,6 +444,21 @@ class _Run:
     def _on_completed(self) -> None:
         self.fetcher_done = True
         self._maybe_idle()
+
+    def _progress(self, task: Task[Any], progress: Progress) -> None:
+        """``ctx.progress``: keep the latest per task; write it with a flush that
+        comes anyway, or at most ``progress_interval`` from now."""
+        if task.id not in self.running:
+            return  # reported after its outcome: the outcome stands
+        self.progress[task.id] = (task, progress)
+        if self.progress_timer is None:
+            self.progress_timer = asyncio.get_running_loop().call_later(
+                self.worker.settings.progress_interval, self.flush_now.set
+            )
+        if self.worker._observed:
+            self.worker._emit(
+                ev.Progress(self.worker.name, task.id, progress.fraction, progress.note)
+            )
 
     def _dropped(self, tasks: list[Task[Any]]) -> None:
         """The ledger's hook: claimed tasks left the pipe; release them at the next flush."""
@@ -672,6 +702,8 @@ class _Run:
         self, task: Task[Any], outcome: Outcome, started_at: float, *, encoded: bool = False
     ) -> None:
         self.started.pop(task.id, None)
+        if self.progress:
+            self.progress.pop(task.id, None)  # the outcome supersedes it
         if self.ctx.cancelled:
             self.ctx.cancelled.discard(task.id)
         if type(outcome) is Done and outcome.result is not None and not encoded:
@@ -721,7 +753,9 @@ class _Run:
         while True:
             await self.flush_now.wait()
             await self._flush()
-            if self.closing and not (self.updates or self.started or self.to_release):
+            if self.closing and not (
+                self.updates or self.started or self.to_release or self.progress
+            ):
                 return
 
     async def _flush(self) -> int:
@@ -737,6 +771,12 @@ class _Run:
                 # What went back may be claimable: only a later empty claim means idle.
                 self.idle_marker = False
             updates = self.updates
+            if self.progress:
+                updates = [*self.progress.values(), *updates]
+                self.progress.clear()
+            if self.progress_timer is not None:
+                self.progress_timer.cancel()
+                self.progress_timer = None
             if self.started:
                 # Tasks still running at flush time are marked Running, once.
                 updates = [(task, Started(at)) for task, at in self.started.values()] + updates
@@ -863,7 +903,7 @@ def _one_update_per_task(
     seen: set[TaskId] = set()
     for entry in updates:
         task_id = entry[0].id
-        if task_id in seen:
+        if task_id in seen:  # (a store may apply one statement's two updates of a row as one)
             chunks.append([])
             seen.clear()
         seen.add(task_id)
