@@ -151,8 +151,25 @@ class MemoryBackend(Backend):
         now = self.clock()
         self._promote_due(now)
         limits = self.limits
-        if limits is not None:
-            return self._claim_limited(limits, limit, worker, now)
+        if limits is None:
+            return self._claim_ready(limit, worker, now)
+        # Under rate_limit / max_running: as many as they allow, tokens spent per task.
+        tokens, updated_at = limits.refill(self._bucket, now)
+        active = 0
+        if limits.max_running is not None:
+            active = sum(
+                1
+                for held in self._locked.values()
+                for task_id in held
+                if (row := self._rows.get(task_id)) is not None and row.status in ACTIVE
+            )
+        claimed = self._claim_ready(limits.allowance(limit, tokens, active), worker, now)
+        if claimed:  # else the stored bucket refills to the same tokens later
+            self._bucket = (limits.spend(tokens, len(claimed)), updated_at)
+        return claimed
+
+    def _claim_ready(self, limit: int, worker: str, now: float) -> list[Task[Any]]:
+        """Claim up to ``limit`` ready tasks for ``worker``, highest priority first."""
         ready = self._ready
         claimed: list[Task[Any]] = []
         locked = self._locked.setdefault(worker, set())
@@ -165,36 +182,6 @@ class MemoryBackend(Backend):
             row.lock_at = now
             locked.add(row.id)
             claimed.append(row.snapshot())
-        return claimed
-
-    def _claim_limited(
-        self, limits: Limits, limit: int, worker: str, now: float
-    ) -> list[Task[Any]]:
-        """The claim under ``rate_limit`` / ``max_running``: as many as they allow."""
-        tokens, updated_at = limits.refill(self._bucket, now)
-        active = 0
-        if limits.max_running is not None:
-            active = sum(
-                1
-                for held in self._locked.values()
-                for task_id in held
-                if (row := self._rows.get(task_id)) is not None and row.status in ACTIVE
-            )
-        allowed = limits.allowance(limit, tokens, active)
-        claimed: list[Task[Any]] = []
-        ready = self._ready
-        locked = self._locked.setdefault(worker, set())
-        while ready and len(claimed) < allowed:
-            _, _, _, version, row = heapq.heappop(ready)
-            if row.version != version or row.status not in READY:
-                continue
-            row.status = Status.QUEUED
-            row.lock_by = worker
-            row.lock_at = now
-            locked.add(row.id)
-            claimed.append(row.snapshot())
-        if claimed:  # else the stored bucket refills to the same tokens later
-            self._bucket = (limits.spend(tokens, len(claimed)), updated_at)
         return claimed
 
     def _unlock(self, row: _Row) -> None:
