@@ -1,4 +1,4 @@
-"""``python -m benchmarks [all|memory|sqlite] [--only ...] [--n N] [--repeat R] [--quick]``.
+"""``python -m benchmarks [all|memory|sqlite|postgres] [--only ...] [--n N] [--repeat R] [--quick]``
 
 Every figure is printed beside its baseline, measured in the same invocation,
 interleaved; the last table sums up the targets. ``python -m benchmarks.profiling
@@ -13,13 +13,15 @@ import os
 import platform
 import time
 
-from benchmarks import memory, sqlite
+from benchmarks import memory, postgres, sqlite
 from benchmarks.common import Report, code_version, summary_table
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("suite", nargs="?", choices=("all", "memory", "sqlite"), default="all")
+    parser.add_argument(
+        "suite", nargs="?", choices=("all", "memory", "sqlite", "postgres"), default="all"
+    )
     parser.add_argument(
         "--only",
         default=",".join(sqlite.PARTS),
@@ -69,6 +71,12 @@ def main(argv: list[str] | None = None) -> None:
         if args.n:
             sizes = dataclasses.replace(sizes, n=args.n)
         report.extend(sqlite.main(args.only, sizes, args.repeat or 3))
+    if args.suite in ("all", "postgres"):
+        pg_sizes = postgres.QUICK if args.quick else postgres.Sizes()
+        if args.n:
+            pg_sizes = dataclasses.replace(pg_sizes, n=args.n)
+        repeat = args.repeat or (1 if args.quick else 3)
+        report.extend(postgres.main(postgres.PARTS, pg_sizes, repeat))
     summary = summary_table(report.verdicts)
     summary.notes.append(f"at the end: {load()}; other processes on the machine skew figures")
     print(summary.render())
