@@ -162,6 +162,18 @@ WITH inserted AS (
 )
 SELECT pg_notify($11, '')
 """
+# push_many's usual shape: every column but id and payload is the same, so it goes
+# as a value instead of an array ($4-$10 are scalars here): half the database work.
+_INSERT_ALIKE: Final = """
+WITH inserted AS (
+    INSERT INTO {s}.tasks (id, queue, args, attempts, max_attempts, priority, run_at,
+                           created_at, last_error, metadata)
+    SELECT i, $1, a, $4, $5, $6, $7, $8, $9, $10::jsonb
+    FROM unnest($2::text[], $3::bytea[]) AS x(i, a)
+    RETURNING 1
+)
+SELECT pg_notify($11, '')
+"""
 
 # Unique keys, in one transaction: let go of keys whose holders finished (and whose
 # unique_until passed), insert what holds a free key, then read every key's holder.
@@ -209,7 +221,11 @@ _BY_KEY_ACTIVE: Final = "status NOT IN ('Pending', 'Done', 'Failed', 'Killed', '
 _BY_KEY_QUEUED: Final = (
     "status NOT IN ('Pending', 'Running', 'Done', 'Failed', 'Killed', 'Cancelled')"
 )
-_HELD: Final = f"t.lock_by = $1 AND t.{_BY_KEY_ACTIVE}"
+# Written as a comparison with the joined row, so the planner takes it for a join
+# condition: estimated from statistics of an all-Pending table (autoanalyze after a
+# big push) as a filter, it expected one held row and compared every held task with
+# every acked id (1.3 million rows filtered for 1,024 acks, 200-450 ms a batch).
+_HELD: Final = f"(t.lock_by = $1 AND t.{_BY_KEY_ACTIVE}) = (a.id IS NOT NULL)"
 _UNLOCK: Final = "attempts = t.attempts + 1, lock_by = NULL, lock_at = NULL"
 _WAKE_WAITERS: Final = """
 SELECT NULL FROM (
@@ -989,27 +1005,48 @@ class PostgresBackend(ClaimingBackend):
         self, tasks: Sequence[Task[Any]], payloads: Sequence[bytes], connection: Any = None
     ) -> list[TaskId]:
         ids = [task.id for task in tasks]
-        args = (
-            self.queue,
-            ids,
-            list(payloads),
-            [task.attempts for task in tasks],
-            [task.max_attempts for task in tasks],
-            [task.priority for task in tasks],
-            [task.run_at for task in tasks],
-            [task.created_at for task in tasks],
-            [task.last_error for task in tasks],
-            [metadata_json(task) for task in tasks],
-            self.channel,
+        first = tasks[0]
+        alike = first.unique_key is None and all(
+            task.unique_key is None
+            and task.attempts == first.attempts
+            and task.max_attempts == first.max_attempts
+            and task.priority == first.priority
+            and task.run_at == first.run_at
+            and task.created_at == first.created_at
+            and task.last_error == first.last_error
+            and task.metadata == first.metadata
+            for task in tasks
         )
-        if any(task.unique_key is not None for task in tasks):
-            return await self._store_unique(tasks, ids, args, connection)
+        statement = self._sql.insert
+        if alike:  # push_many: one value for every shared column
+            statement = self._sql.insert_alike
+            args: tuple[Any, ...] = (
+                self.queue, ids, list(payloads), first.attempts, first.max_attempts,
+                first.priority, first.run_at, first.created_at, first.last_error,
+                metadata_json(first), self.channel,
+            )  # fmt: skip
+        else:
+            args = (
+                self.queue,
+                ids,
+                list(payloads),
+                [task.attempts for task in tasks],
+                [task.max_attempts for task in tasks],
+                [task.priority for task in tasks],
+                [task.run_at for task in tasks],
+                [task.created_at for task in tasks],
+                [task.last_error for task in tasks],
+                [metadata_json(task) for task in tasks],
+                self.channel,
+            )
+            if any(task.unique_key is not None for task in tasks):
+                return await self._store_unique(tasks, ids, args, connection)
         if connection is not None:
             _check_connection(connection)
-            await self._insert(connection, ids, args, theirs=True)
+            await self._insert(connection, ids, args, theirs=True, statement=statement)
             return ids  # fetchers wake by the NOTIFY, when (if) the caller commits
         async with self._connection() as conn:
-            await self._insert(conn, ids, args, theirs=False)
+            await self._insert(conn, ids, args, theirs=False, statement=statement)
         self._local().doorbell.notify()
         return ids
 
@@ -1345,6 +1382,7 @@ class _Statements:
         self.insert = sql(_INSERT)
         self.release_keys = sql(_RELEASE_KEYS)
         self.insert_unique = sql(_INSERT_UNIQUE)
+        self.insert_alike = sql(_INSERT_ALIKE)
         self.key_holders = sql(_KEY_HOLDERS)
         self.acks = sql(_ACKS)
         self.release = sql(_RELEASE)
