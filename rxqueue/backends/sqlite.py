@@ -82,7 +82,7 @@ Row = tuple[Any, ...]
 _COLUMNS = ", ".join(COLUMN_NAMES)
 _READY = "status IN ('Pending', 'Failed')"  # exactly the partial index's WHERE
 _ACTIVE = "status IN ('Queued', 'Running')"
-_FINISHED = "status IN ('Done', 'Killed', 'Cancelled')"  # exactly tasks_finished's WHERE
+_FINISHED = "status IN ('Done', 'Killed', 'Cancelled')"
 
 _CLAIM = f"""
 UPDATE tasks SET status = 'Queued', lock_by = ?, lock_at = ?
