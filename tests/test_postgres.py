@@ -446,6 +446,34 @@ async def test_push_many_is_one_statement_and_all_or_nothing(backend: PostgresBa
     assert stats[Status.PENDING] == 1
 
 
+async def test_a_large_push_many_goes_by_copy_all_or_nothing(backend: PostgresBackend) -> None:
+    ids = await backend.push_many([{"n": n} for n in range(1_500)], priority=2)
+    stats = await backend.stats()
+    assert stats[Status.PENDING] == 1_500
+    task = await backend.get(ids[700])
+    assert task is not None and (task.args, task.priority) == ({"n": 700}, 2)
+    # Alike tasks (same times and options) with one taken id: COPY refuses them all.
+    now = backend.clock()
+    alike = [rxqueue.Task(args=n, run_at=now, created_at=now) for n in range(1_200)]
+    alike[600] = rxqueue.Task(id=ids[0], args="again", run_at=now, created_at=now)
+    with pytest.raises(TaskExists, match=ids[0]):
+        await backend.send_many(alike)
+    assert sum((await backend.stats()).values()) == 1_500
+    conn = await asyncpg.connect(URL)
+    try:
+
+        class Undo(Exception):
+            pass
+
+        with pytest.raises(Undo):
+            async with conn.transaction():
+                await backend.push_many(list(range(1_100)), connection=conn)
+                raise Undo
+    finally:
+        await conn.close()
+    assert sum((await backend.stats()).values()) == 1_500
+
+
 async def test_transactional_push_commits_and_rolls_back_with_the_caller(
     backend: PostgresBackend,
 ) -> None:

@@ -175,6 +175,13 @@ WITH inserted AS (
 SELECT pg_notify($11, '')
 """
 
+# From this many tasks on, a push_many of alike tasks goes by COPY instead.
+_COPY_FROM: Final = 1_000
+_COPY_COLUMNS: Final = (
+    "id", "queue", "args", "attempts", "max_attempts", "priority", "run_at", "created_at",
+    "last_error", "metadata",
+)  # fmt: skip
+
 # Unique keys, in one transaction: let go of keys whose holders finished (and whose
 # unique_until passed), insert what holds a free key, then read every key's holder.
 # $1 queue, $2 keys, $3 now. The status test is written so that it does not imply
@@ -1104,6 +1111,17 @@ class PostgresBackend(ClaimingBackend):
             self._local().doorbell.notify()
         return stored
 
+    async def _copy_alike(self, conn: asyncpg.Connection, args: tuple[Any, ...]) -> None:
+        """A large push_many as COPY (twice the rows a second of the INSERT), and its
+        NOTIFY, in one transaction (a savepoint inside the caller's)."""
+        queue, ids, payloads, *shared, channel = args
+        rows = [(i, queue, a, *shared) for i, a in zip(ids, payloads, strict=True)]
+        async with conn.transaction():
+            await conn.copy_records_to_table(
+                "tasks", schema_name=self.schema, columns=_COPY_COLUMNS, records=rows
+            )
+            await conn.execute("SELECT pg_notify($1, '')", channel)
+
     async def _insert(
         self,
         conn: asyncpg.Connection,
@@ -1114,7 +1132,10 @@ class PostgresBackend(ClaimingBackend):
         statement: str | None = None,
     ) -> None:
         try:
-            await conn.execute(statement or self._sql.insert, *args)
+            if statement == self._sql.insert_alike and len(ids) >= _COPY_FROM:
+                await self._copy_alike(conn, args)
+            else:
+                await conn.execute(statement or self._sql.insert, *args)
         except asyncpg.UniqueViolationError as exc:
             match = _DUPLICATE_KEY.search(getattr(exc, "detail", None) or str(exc))
             taken = match.group(1) if match else None
