@@ -34,6 +34,7 @@ from rxqueue.backends import _sqlite_schema
 from rxqueue.backends.base import ClaimingBackend, Limits
 from rxqueue.backends.sqlite import SqliteBackend
 from tests.conftest import BackendKit, reachable_postgres, require
+from tests.together import release_together
 
 RUN_LIMIT = 20.0
 ROOT = Path(__file__).resolve().parents[1]
@@ -317,20 +318,7 @@ def run_starters(url: str, schema: str, starts: Path) -> list[float]:
         )
         for n in range(3)
     ]  # fmt: skip
-    try:
-        for proc in procs:
-            assert proc.stdout is not None
-            assert proc.stdout.readline().strip() == "ready", proc.stderr and proc.stderr.read()
-        for proc in procs:  # all at once
-            assert proc.stdin is not None
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-        outputs = [proc.communicate(timeout=60) for proc in procs]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    assert [proc.returncode for proc in procs] == [0] * 3, [err for _, err in outputs]
+    release_together(procs)
     return sorted(float(line) for line in starts.read_text().split())
 
 

@@ -43,6 +43,7 @@ from rxqueue.backends import _sqlite_schema
 from rxqueue.backends.sqlite import SqliteBackend
 from rxqueue.backoff import constant
 from tests.conftest import BackendKit, reachable_postgres, require
+from tests.together import release_together
 
 RUN_LIMIT = 20.0
 ROOT = Path(__file__).resolve().parents[1]
@@ -485,20 +486,7 @@ def race(url: str, schema: str) -> list[dict[str, str]]:
         )
         for seed in range(4)
     ]
-    try:
-        for proc in procs:
-            assert proc.stdout is not None
-            assert proc.stdout.readline().strip() == "ready", proc.stderr and proc.stderr.read()
-        for proc in procs:  # all at once
-            assert proc.stdin is not None
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-        outputs = [proc.communicate(timeout=60) for proc in procs]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    assert [proc.returncode for proc in procs] == [0] * 4, [err for _, err in outputs]
+    outputs = release_together(procs)
     return [json.loads(out) for out, _ in outputs]
 
 
