@@ -395,8 +395,8 @@ async def _command(args: argparse.Namespace, handler: Callable[..., Any] | None)
             worker = builder.concurrency(args.concurrency).build(handler)
             summary = await (worker.run_until_idle() if args.burst else worker.run())
             print(
-                f"done {summary.done}, retried {summary.retried}, killed {summary.killed} "
-                f"in {summary.elapsed:.2f}s"
+                f"done {summary.done}, retried {summary.retried}, killed {summary.killed}, "
+                f"cancelled {summary.cancelled} in {summary.elapsed:.2f}s"
             )
     return 0
 
