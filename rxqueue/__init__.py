@@ -5,7 +5,7 @@ tasks) and a sink (where new tasks go); a worker subscribes the fetcher to a
 handler pipeline. See README.md for the tour.
 """
 
-from rxqueue import backoff, ops, sources
+from rxqueue import backoff, metrics, ops, sources
 from rxqueue.acks import AckBatch
 from rxqueue.backends import Backend, Capability, connect
 from rxqueue.backends.custom import BackendBuilder, CustomBackend
@@ -118,6 +118,7 @@ __all__ = [
     "events",
     "from_async_iterable",
     "layers",
+    "metrics",
     "ops",
     "poll",
     "sources",

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import difflib
 import importlib
 import math
@@ -41,6 +42,7 @@ from rxqueue.backends.base import Backend
 from rxqueue.errors import RxQueueError
 from rxqueue.task import Status, Task
 from rxqueue.worker.builder import WorkerBuilder
+from rxqueue.worker.worker import Worker
 
 # --- options --------------------------------------------------------------------------
 
@@ -128,6 +130,13 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--name")
     worker.add_argument("--concurrency", type=_integer(1), default=1)
     worker.add_argument("--burst", action="store_true", help="stop once the queue is idle")
+    worker.add_argument(
+        "--metrics-port",
+        type=_integer(0, 65535),
+        metavar="PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/ (needs rxqueue[metrics])",
+    )
+    worker.add_argument("--metrics-host", default="127.0.0.1", help="default 127.0.0.1")
     schema = commands.add_parser(
         "schema",
         help="print rxqueue's PostgreSQL DDL (--sql), or apply it to a database URL",
@@ -393,12 +402,32 @@ async def _command(args: argparse.Namespace, handler: Callable[..., Any] | None)
             assert handler is not None
             builder = WorkerBuilder(args.name or f"{args.queue}-worker").backend(backend)
             worker = builder.concurrency(args.concurrency).build(handler)
-            summary = await (worker.run_until_idle() if args.burst else worker.run())
+            with contextlib.ExitStack() as cleanup:
+                if args.metrics_port is not None:
+                    _serve_metrics(worker, args.metrics_host, args.metrics_port, cleanup)
+                summary = await (worker.run_until_idle() if args.burst else worker.run())
             print(
                 f"done {summary.done}, retried {summary.retried}, killed {summary.killed}, "
                 f"cancelled {summary.cancelled} in {summary.elapsed:.2f}s"
             )
     return 0
+
+
+def _serve_metrics(worker: Worker, host: str, port: int, cleanup: contextlib.ExitStack) -> None:
+    import prometheus_client
+
+    from rxqueue.metrics import prometheus
+
+    registry = prometheus_client.CollectorRegistry()
+    cleanup.enter_context(prometheus(worker, registry))
+    try:
+        server, thread = prometheus_client.start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise ValueError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
+    cleanup.callback(thread.join, 5)
+    cleanup.callback(server.server_close)
+    cleanup.callback(server.shutdown)
+    print(f"rxqueue: metrics on http://{host}:{server.server_port}/", file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -412,6 +441,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Every check that can fail runs before the backend opens: a bad invocation
     # must leave no file behind.
     handler = _load_handler(args.handler) if args.command == "worker" else None
+    if args.command == "worker" and args.metrics_port is not None:
+        from rxqueue.metrics import _client
+
+        try:
+            _client()
+        except ImportError as exc:
+            print(f"rxqueue: {exc}", file=sys.stderr)
+            return 1
     if args.command == "push":
         args.payload = _payload(args.payload)
     elif args.command != "worker":

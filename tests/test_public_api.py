@@ -11,7 +11,7 @@ import rxqueue
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-SUBMODULES = {"ops", "layers", "events", "backoff", "sources"}
+SUBMODULES = {"ops", "layers", "events", "backoff", "sources", "metrics"}
 
 
 def test_all_names_exist_and_nothing_public_is_missing_from_all() -> None:

@@ -97,6 +97,16 @@ def _interrupted(task: Task[Any], now: float) -> Outcome:
     return failure_outcome(task, WorkerStopped(), now=now, backoff=_AT_ONCE)
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerStatistics:
+    """A snapshot of a worker (:meth:`Worker.statistics`): attempts running now and
+    tasks claimed but not started yet; both 0 while the worker is not running."""
+
+    running: bool
+    in_flight: int
+    buffered: int
+
+
 class WorkerStopped(Exception):
     """The worker stopped during the attempt."""
 
@@ -179,6 +189,13 @@ class Worker:
     @property
     def is_running(self) -> bool:
         return self._running
+
+    def statistics(self) -> WorkerStatistics:
+        """What the current run holds, read without side effects (safe from any thread)."""
+        run = self._run
+        if run is None:
+            return WorkerStatistics(running=False, in_flight=0, buffered=0)
+        return WorkerStatistics(running=True, in_flight=run.in_flight, buffered=run.ctx.buffered)
 
     def stop(self) -> None:
         """Ask a running worker to stop: no new claims; running handlers may finish."""
