@@ -15,15 +15,19 @@ from typing import Any
 import pytest
 
 from rxqueue import (
+    Cancelled,
     Capability,
     InvalidOption,
     InvalidTransition,
+    ManualClock,
     Status,
     TaskContext,
     TaskNotFound,
     WorkerBuilder,
     events,
 )
+from rxqueue.acks import AckBatch
+from rxqueue.backends.base import ClaimingBackend
 from tests.conftest import BackendKit, require
 
 RUN_LIMIT = 20.0
@@ -205,3 +209,44 @@ async def test_a_task_asked_to_cancel_is_never_retried_even_if_its_attempt_fails
         "cancelled: stop it",
     )
     assert summary.failed == 1  # the worker saw a failure; the store made it final
+
+
+async def test_a_task_asked_to_cancel_ends_cancelled_when_its_claim_ends(
+    kit: BackendKit,
+) -> None:
+    """Released, reclaimed, or left by a dead predecessor: Cancelled with the reason,
+    no attempt counted, never Pending again; the heartbeat carries only its worker's
+    requests; a Cancelled outcome applies to the same claim only."""
+    clock = ManualClock()
+    backend = await kit.make(clock=clock, lease_timeout=30)
+    require(backend, Capability.CANCEL, Capability.LEASES, Capability.GET, Capability.MANAGE)
+    assert isinstance(backend, ClaimingBackend)
+    ids = await backend.push_many(["a", "b", "c", "d", "e"], max_attempts=1)
+    await backend.register_worker("w1")
+    await backend.register_worker("w2")
+    w1 = await backend._claim("w1", 3)
+    w2 = await backend._claim("w2", 2)
+    for task in (*w1, *w2):
+        assert await backend.cancel(task.id, f"stop {task.id}") is Status.QUEUED
+    assert sorted(await backend.heartbeat("w1")) == sorted((t.id, f"stop {t.id}") for t in w1)
+    assert list(await backend.heartbeat("nobody")) == []
+    await backend.release(w1[:1], "w2")  # not w2's: nothing happens
+    assert {t.status for i in ids if (t := await backend.get(i))} == {Status.QUEUED}
+    await backend.release(w1[:1], "w1")
+    stale = w1[1].evolve(attempts=w1[1].attempts + 1)
+    refused = await backend.report(AckBatch("w1", cancelled=[(stale, Cancelled("x"))]))
+    assert list(refused) == [stale.id]
+    assert list(await backend.report(AckBatch("w1", cancelled=[(w1[1], Cancelled("stop"))]))) == []
+    clock.advance(31)  # w1 stops heartbeating; w2 dies and comes back
+    await backend.heartbeat("w1")
+    await backend.register_worker("w2")
+    clock.advance(31)
+    assert await backend.reclaim() == 1  # w1[2]
+    got = {i: t for i in ids if (t := await backend.get(i))}
+    assert {t.status for t in got.values()} == {Status.CANCELLED}
+    assert [got[t.id].attempts for t in (*w1, *w2)] == [0, 1, 0, 0, 0]
+    assert all(got[i].last_error == f"cancelled: stop {i}" for i in ids if i != w1[1].id)
+    assert got[w1[1].id].last_error == "cancelled: stop"
+    assert all(t.lock_by is None and t.done_at is not None for t in got.values())
+    clock.advance(1)
+    assert await backend.vacuum() == 5

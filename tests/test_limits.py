@@ -42,10 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 async def claim(backend: Any, worker: str, limit: int) -> list[Any]:
     """Claim as a worker would (the store call under the fetcher)."""
-    if isinstance(backend, ClaimingBackend):
-        return await backend._claim(worker, limit)
-    assert isinstance(backend, MemoryBackend)
-    return backend._claim(limit, worker)
+    assert isinstance(backend, ClaimingBackend)
+    return await backend._claim(worker, limit)
 
 
 def sibling(backend: Any, **options: Any) -> Any:

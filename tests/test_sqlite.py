@@ -578,42 +578,6 @@ async def test_a_restarted_name_takes_back_its_dead_predecessors_tasks(
     assert task and task.status is Status.PENDING and task.attempts == 1
 
 
-async def test_a_task_asked_to_cancel_ends_cancelled_when_its_claim_ends(
-    backend: SqliteBackend, clock: ManualClock
-) -> None:
-    """Released, reclaimed, or left by a dead predecessor: Cancelled with the reason,
-    no attempt counted, never Pending again; the heartbeat carries only its worker's
-    requests; a Cancelled outcome applies to the same claim only."""
-    ids = await backend.push_many(["a", "b", "c", "d", "e"], max_attempts=1)
-    await backend.register_worker("w1")
-    await backend.register_worker("w2")
-    w1 = await backend._claim("w1", 3)
-    w2 = await backend._claim("w2", 2)
-    for task in (*w1, *w2):
-        assert await backend.cancel(task.id, f"stop {task.id}") is Status.QUEUED
-    assert await backend.heartbeat("w1") == [(t.id, f"stop {t.id}") for t in w1]
-    assert await backend.heartbeat("nobody") == []
-    await backend.release(w1[:1], "w2")  # not w2's: nothing happens
-    assert statuses([t for i in ids if (t := await backend.get(i))]) == [Status.QUEUED] * 5
-    await backend.release(w1[:1], "w1")
-    stale = w1[1].evolve(attempts=w1[1].attempts + 1)
-    assert await report(backend, "w1", [(stale, rxqueue.Cancelled("x"))]) == [stale.id]
-    assert await report(backend, "w1", [(w1[1], rxqueue.Cancelled("stop"))]) == []
-    clock.advance(31)  # w1 stops heartbeating; w2 dies and comes back
-    await backend.heartbeat("w1")
-    await backend.register_worker("w2")
-    clock.advance(31)
-    assert await backend.reclaim() == 1  # w1[2]
-    got = {i: t for i in ids if (t := await backend.get(i))}
-    assert {t.status for t in got.values()} == {Status.CANCELLED}
-    assert [got[t.id].attempts for t in (*w1, *w2)] == [0, 1, 0, 0, 0]
-    assert all(got[i].last_error == f"cancelled: stop {i}" for i in ids if i != w1[1].id)
-    assert got[w1[1].id].last_error == "cancelled: stop"
-    assert all(t.lock_by is None and t.done_at is not None for t in got.values())
-    clock.advance(1)
-    assert await backend.vacuum() == 5
-
-
 async def test_release_returns_unstarted_tasks(backend: SqliteBackend) -> None:
     ids = await backend.push_many(["a", "b"])
     claimed = await backend._claim("w1", 2)

@@ -14,15 +14,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from reactivex import Observable
 
 from rxqueue.acks import AckBatch
-from rxqueue.backends.base import ALL_CAPABILITIES, Backend, Limits, frees_room
+from rxqueue.backends.base import ALL_CAPABILITIES, ClaimingBackend, Limits, frees_room
 from rxqueue.clock import Clock, system_clock
 from rxqueue.codec import DEFAULT_CODEC, Codec
-from rxqueue.demand import Demand
 from rxqueue.errors import InvalidTransition, TaskExists, TaskNotFound, WorkerError
-from rxqueue.streams import poll
 from rxqueue.task import (
     ACTIVE,
     DEFAULT_MAX_ATTEMPTS,
@@ -94,7 +91,7 @@ class _Row:
         return _SNAPSHOT(self)
 
 
-class MemoryBackend(Backend):
+class MemoryBackend(ClaimingBackend):
     """A complete backend in a dict and two heaps. ``rxqueue.connect("memory://")``.
 
     ``rate_limit=(n, per)`` and ``max_running=n`` limit the claims of every worker
@@ -147,7 +144,7 @@ class MemoryBackend(Backend):
             if row.version == version and row.status in READY:
                 heapq.heappush(ready, (-row.priority, run_at, seq, version, row))
 
-    def _claim(self, limit: int, worker: str) -> list[Task[Any]]:
+    async def _claim(self, worker: str, limit: int) -> list[Task[Any]]:
         now = self.clock()
         self._promote_due(now)
         limits = self.limits
@@ -193,18 +190,6 @@ class MemoryBackend(Backend):
         row.lock_at = None
 
     # --- fetcher / sink / acker ------------------------------------------------------
-
-    def _fetcher(self, demand: Demand) -> Observable[Any]:
-        async def fetch_many(limit: int) -> list[Task[Any]]:
-            return self._claim(limit, demand.name)
-
-        return poll(
-            fetch_many,
-            demand,
-            interval=self.poll_interval,
-            max_interval=self.max_poll_interval,
-            wakeup=self._local().doorbell,
-        )
 
     async def _store(
         self, tasks: Sequence[Task[Any]], payloads: Sequence[bytes], connection: Any = None
