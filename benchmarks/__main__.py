@@ -1,86 +1,143 @@
-"""``python -m benchmarks [all|memory|sqlite|postgres] [--only ...] [--n N] [--repeat R] [--quick]``
+"""``python -m benchmarks [--scenario NAME ...] [--quick] [--repeat R] [--size N] [--out DIR]``
 
-Every figure is printed beside its baseline, measured in the same invocation,
-interleaved; the last table sums up the targets. ``python -m benchmarks.profiling
-[memory|sqlite]`` shows where a task's time goes.
+Runs named scenarios (all of them unless named), each measuring rxqueue beside
+its baselines and peers in the same invocation, interleaved, medians over
+repeats. Per scenario it prints the table and writes ``<out>/<scenario>.json``
+(machine, versions, every figure), ``.md`` (the table) and ``.png`` (a chart).
+A peer that is not installed or a server that is not reachable is skipped with
+a note. ``python -m benchmarks.profiling [memory|sqlite]`` shows where a task's
+time goes.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
 import platform
+import shlex
+import signal
+import sys
 import time
+import traceback
+from pathlib import Path
 
-from benchmarks import memory, postgres, sqlite
-from benchmarks.common import Report, code_version, summary_table
+from benchmarks.common import ROOT, Report, Verdict, code_version, summary_table
+from benchmarks.results import document, load, summary, write
+from benchmarks.scenarios import SCENARIOS, Scenario
+
+RESULTS = ROOT / "benchmarks" / "results"
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument(
-        "suite", nargs="?", choices=("all", "memory", "sqlite", "postgres"), default="all"
+    names = ", ".join(SCENARIOS)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="scenarios: " + "; ".join(f"{s.name}: {s.title}" for s in SCENARIOS.values()),
     )
     parser.add_argument(
-        "--only",
-        default=",".join(sqlite.PARTS),
-        help=f"sqlite parts, comma-separated: {','.join(sqlite.PARTS)} (default: all)",
+        "suites",
+        nargs="*",
+        metavar="NAME",
+        help=f"scenarios, as --scenario (also 'all'; the old suite names): {names}",
     )
     parser.add_argument(
-        "--n",
-        type=int,
-        help="tasks per end-to-end run (memory: 100,000; sqlite e2e/peers: 50,000)",
+        "--scenario",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"a scenario to run, repeatable (default: all): {names}",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes and few repeats: all in about a minute"
     )
     parser.add_argument(
         "--repeat",
-        type=int,
-        help="runs per measurement, the median is reported (default: memory 5, sqlite 3)",
+        type=positive,
+        help="runs per figure, the median reported (default: per scenario)",
     )
-    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument(
+        "--size",
+        "--n",
+        type=positive,
+        help="the scenario's main count: tasks per end-to-end run (latency: pushes per run; "
+        "memory-growth: tasks processed); default per scenario",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS, help=f"results directory (default {RESULTS})"
+    )
     args = parser.parse_args(argv)
-    args.only = [part.strip() for part in args.only.split(",") if part.strip()]
-    unknown = set(args.only) - set(sqlite.PARTS)
+    chosen = [*args.suites, *args.scenario]
+    unknown = [name for name in chosen if name != "all" and name not in SCENARIOS]
     if unknown:
-        parser.error(f"unknown --only parts: {', '.join(sorted(unknown))}")
+        parser.error(f"unknown scenario {', '.join(map(repr, unknown))}; choose from: {names}")
+    if not chosen or "all" in chosen:
+        chosen = list(SCENARIOS)
+    args.chosen = list(dict.fromkeys(chosen))
     return args
 
 
-def load() -> str:
-    """The load average, a hint of how much else ran on the machine meanwhile."""
-    try:
-        one, five, _ = os.getloadavg()
-    except OSError:
-        return "load unknown"
-    return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
-def main(argv: list[str] | None = None) -> None:
+def command(scenario: Scenario, args: argparse.Namespace) -> str:
+    """The command that remakes this scenario's results."""
+    words = ["--scenario", scenario.name]
+    if args.quick:
+        words.append("--quick")
+    if args.repeat:
+        words += ["--repeat", str(args.repeat)]
+    if args.size and scenario.size is not None:
+        words += ["--size", str(args.size)]
+    return "python -m benchmarks " + shlex.join(words)
+
+
+def run(scenario: Scenario, args: argparse.Namespace) -> Report:
+    settings = scenario.settings(args.size, args.repeat, args.quick)
+    sized = "" if settings.size is None else f", --size {settings.size:,} ({scenario.size_help})"
+    print(f"## {scenario.name}: {scenario.title} (--repeat {settings.repeat}{sized})\n", flush=True)
+    report = scenario.run(settings)
+    params = {"size": settings.size, "repeat": settings.repeat, "quick": settings.quick}
+    doc = document(
+        scenario.name, scenario.title, command(scenario, args), scenario.packages, params, report
+    )
+    paths = write(doc, report, args.out)
+    print(summary(doc))
+    print(f"wrote {', '.join(str(p) for p in paths)}\n", flush=True)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    # SIGTERM ends the run like Ctrl-C: the finally blocks drop PostgreSQL schemas.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(
         f"# rxqueue benchmarks (rxqueue {code_version()}, Python {platform.python_version()}, "
-        f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, {load()})\n",
+        f"{time.strftime('%Y-%m-%d %H:%M')}, {load()}): {', '.join(args.chosen)}\n",
         flush=True,
     )
-    report = Report()
-    if args.suite in ("all", "memory"):
-        n = args.n or (10_000 if args.quick else 100_000)
-        report.extend(memory.main(n, args.repeat or (3 if args.quick else 5)))
-    if args.suite in ("all", "sqlite"):
-        sizes = sqlite.QUICK if args.quick else sqlite.Sizes()
-        if args.n:
-            sizes = dataclasses.replace(sizes, n=args.n)
-        report.extend(sqlite.main(args.only, sizes, args.repeat or 3))
-    if args.suite in ("all", "postgres"):
-        pg_sizes = postgres.QUICK if args.quick else postgres.Sizes()
-        if args.n:
-            pg_sizes = dataclasses.replace(pg_sizes, n=args.n)
-        repeat = args.repeat or (1 if args.quick else 3)
-        report.extend(postgres.main(postgres.PARTS, pg_sizes, repeat))
-    summary = summary_table(report.verdicts)
-    summary.notes.append(f"at the end: {load()}; other processes on the machine skew figures")
-    print(summary.render())
+    verdicts: list[Verdict] = []
+    failed: list[str] = []
+    for name in args.chosen:
+        try:
+            verdicts += run(SCENARIOS[name], args).verdicts
+        except Exception:
+            traceback.print_exc()
+            print(f"scenario {name} failed (above); going on with the others\n", flush=True)
+            failed.append(name)
+    if verdicts:
+        table = summary_table(verdicts)
+        table.notes.append(f"at the end: {load()}; other processes on the machine skew figures")
+        print(table.render())
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Shared plumbing: interleaved repeats, medians, markdown tables, temp dirs."""
+"""Shared plumbing: interleaved repeats, medians, result rows, markdown tables, temp dirs."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 Measure = Callable[[], float]
 """One timed run; returns its figure (tasks/s, seconds, ...)."""
@@ -38,7 +39,7 @@ def code_version() -> str:
         return "unknown"
     if not head:
         return "unknown"
-    return f"{head}{' + uncommitted rxqueue/ changes' if changed else ''}"
+    return f"{head}{'+dirty' if changed else ''}"  # dirty: rxqueue/ has uncommitted changes
 
 
 def interleave(runs: Mapping[str, Measure], repeat: int) -> dict[str, list[float]]:
@@ -133,14 +134,79 @@ class Verdict:
         return {True: "met", False: "NOT met", None: "-"}[self.met]
 
 
+Kind = Literal["rxqueue", "baseline", "peer"]
+
+
+@dataclass
+class Row:
+    """One figure of a scenario's results: every run's value, in ``unit``.
+
+    ``group`` gathers rows of one unit that belong side by side (one chart panel);
+    ``ratio_to`` names the row of the same group this one is compared with
+    (``ratio`` = this median / that median).
+    """
+
+    name: str
+    kind: Kind
+    unit: str
+    values: list[float]
+    higher_is_better: bool = True
+    group: str = ""
+    ratio_to: str = ""
+    note: str = ""
+
+    @property
+    def median(self) -> float:
+        return median(self.values)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A peer, a part or a server that could not be measured, and why."""
+
+    name: str
+    reason: str
+
+
+def rows_of(
+    results: Mapping[str, Sequence[float]],
+    kinds: Mapping[str, Kind],
+    unit: str,
+    *,
+    group: str = "",
+    ratio_to: str = "",
+    higher_is_better: bool = True,
+    notes: Mapping[str, str] | None = None,
+) -> list[Row]:
+    """One row per measured name; ``kinds`` says which is rxqueue, a baseline or a
+    peer (rxqueue unless named); every row but ``ratio_to``'s is compared with it."""
+    return [
+        Row(
+            name,
+            kinds.get(name, "rxqueue"),
+            unit,
+            list(values),
+            higher_is_better,
+            group,
+            ratio_to if name != ratio_to and ratio_to in results else "",
+            (notes or {}).get(name, ""),
+        )
+        for name, values in results.items()
+    ]
+
+
 @dataclass
 class Report:
     tables: list[Table] = field(default_factory=list)
     verdicts: list[Verdict] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
 
     def extend(self, other: Report) -> None:
         self.tables.extend(other.tables)
         self.verdicts.extend(other.verdicts)
+        self.rows.extend(other.rows)
+        self.skipped.extend(other.skipped)
 
     def publish(self, other: Report) -> None:
         """Print ``other``'s tables now, then add them and its verdicts to this report."""

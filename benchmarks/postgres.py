@@ -48,6 +48,7 @@ import orjson
 from benchmarks.common import (
     ROOT,
     Report,
+    Skipped,
     Table,
     Verdict,
     code_version,
@@ -62,6 +63,7 @@ from benchmarks.common import (
     rate_table,
     ratio,
     round_ratios,
+    rows_of,
     spread,
     summary_table,
 )
@@ -456,6 +458,15 @@ def missing_peers() -> list[str]:
     return [module for module in dict.fromkeys(PEERS.values()) if not available(module)]
 
 
+def skipped_peers() -> list[Skipped]:
+    missing = missing_peers()
+    return [
+        Skipped(name, "not installed (pip install -e '.[bench]')")
+        for name, module in PEERS.items()
+        if module in missing
+    ]
+
+
 # --- 1. end to end -----------------------------------------------------------------------------
 
 
@@ -567,7 +578,18 @@ def throughput(dsn: str, schemas: Schemas, sizes: Sizes, repeat: int) -> Report:
                 spread=spread(values, fmt_rate),
             )
         )
-    return Report([table], verdicts)
+    rows = rows_of(
+        results,
+        {LOOP: "baseline", **{peer: "peer" for peer in PEERS}},
+        "tasks/s",
+        group=f"end to end, {n:,} no-op tasks",
+        ratio_to=LOOP,
+        notes={
+            RX: f"target >= {E2E_TARGET}x the loop",
+            PGQUEUER_UNBOUNDED: "not the same concurrency: for reference",
+        },
+    )
+    return Report([table], verdicts, rows, skipped_peers())
 
 
 # --- 2. push ---------------------------------------------------------------------------------
@@ -648,7 +670,15 @@ def push(dsn: str, schemas: Schemas, sizes: Sizes, repeat: int) -> Report:
                 spread=spread(values, fmt_rate),
             )
         )
-    return Report([table], verdicts)
+    rows = rows_of(
+        results,
+        {copy: "baseline", many: "baseline"},
+        "tasks/s",
+        group=f"push, {n:,} tasks",
+        ratio_to=copy,
+        notes={one_call: f"target >= {PUSH_TARGET}x COPY and executemany"},
+    )
+    return Report([table], verdicts, rows)
 
 
 # --- 3. latency ------------------------------------------------------------------------------
@@ -729,9 +759,10 @@ async def latency_run(
     return samples
 
 
+LATENCY_FLOOR = "floor: the loop woken by LISTEN/NOTIFY"
 LATENCY_RUNS = {
     f"rxqueue worker at the defaults (concurrency {CONCURRENCY})": "rxqueue",
-    "floor: the loop woken by LISTEN/NOTIFY": "loop",
+    LATENCY_FLOOR: "loop",
 }
 
 
@@ -751,6 +782,15 @@ def latency(dsn: str, schemas: Schemas, sizes: Sizes, repeat: int) -> Report:
                 )  # fmt: skip
             finally:
                 schemas.drop(schema)
+    from benchmarks.sqlite import latency_rows
+
+    rows = latency_rows(
+        "PostgreSQL",
+        runs,
+        {LATENCY_FLOOR: "baseline"},
+        ratio_to=LATENCY_FLOOR,
+        complete=sizes.latency_count,
+    )
     table = Table(
         f"PostgreSQL latency, push -> handler start: worker idle {sizes.idle_before:g} s, then "
         f"{sizes.latency_count} pushes from another process, one every "
@@ -790,7 +830,7 @@ def latency(dsn: str, schemas: Schemas, sizes: Sizes, repeat: int) -> Report:
         "and pg_notify in one transaction); floor: the same INSERT + pg_notify by hand, "
         "its worker LISTENs on a dedicated connection and claims on each notification",
     ]
-    return Report([table], verdicts)
+    return Report([table], verdicts, rows)
 
 
 # --- 4. idle -------------------------------------------------------------------------------------
@@ -1048,7 +1088,26 @@ def idle(dsn: str, schemas: Schemas, sizes: Sizes, repeat: int) -> Report:
         "rxqueue: a 1 s poll once backed off, LISTEN on a dedicated connection, a heartbeat "
         "every 10 s; pgqueuer: continuous mode; procrastinate: wait=True",
     ]
-    return Report([table], verdicts)
+    kinds = {"rxqueue": "rxqueue", "pgqueuer": "peer", "procrastinate": "peer"}
+    measured = {name: by_mode[mode] for name, mode in IDLE_MODES.items() if by_mode[mode]}
+    rows = rows_of(
+        {f"PostgreSQL {name}": [f.cpu_share * 100 for f in figures]
+         for name, figures in measured.items()},
+        {f"PostgreSQL {name}": kinds.get(IDLE_MODES[name], "baseline") for name in measured},
+        "% of one core",
+        group="idle CPU",
+        higher_is_better=False,
+        notes={f"PostgreSQL {name}": f"target < {IDLE_TARGET:.0%}"
+               for name in measured if IDLE_MODES[name] == "rxqueue"},
+    ) + rows_of(
+        {f"PostgreSQL {name}": [f.statements_per_s for f in figures]
+         for name, figures in measured.items() if IDLE_MODES[name] != "asyncio"},
+        {f"PostgreSQL {name}": kinds.get(IDLE_MODES[name], "baseline") for name in measured},
+        "statements/s",
+        group="idle PostgreSQL statements",
+        higher_is_better=False,
+    )  # fmt: skip
+    return Report([table], verdicts, rows, skipped_peers())
 
 
 XACT_COMMIT = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
@@ -1155,7 +1214,21 @@ def big(dsn: str, schemas: Schemas, sizes: Sizes, repeat: int) -> Report:
                 spread=spread(values, fmt_rate),
             )
         )
-    return Report([table], verdicts)
+    rows = rows_of(
+        {rx_small: results[rx_small], rx_big: results[rx_big]},
+        {},
+        "tasks/s",
+        group=f"claim speed over the first {run_n:,} tasks",
+        ratio_to=rx_small,
+        notes={rx_big: f"target >= {BIG_TARGET}x with {run_n:,} pending"},
+    ) + rows_of(
+        {loop_small: results[loop_small], loop_big: results[loop_big]},
+        {loop_small: "baseline", loop_big: "baseline"},
+        "tasks/s",
+        group=f"claim speed over the first {run_n:,} tasks",
+        ratio_to=loop_small,
+    )
+    return Report([table], verdicts, rows)
 
 
 # --- the suite -----------------------------------------------------------------------------------
@@ -1197,7 +1270,10 @@ def main(
     reason = unavailable(dsn)
     if reason is not None:
         print(f"note: PostgreSQL suite skipped: {reason}\n", flush=True)
-        report.publish(Report([Table("PostgreSQL", ("status",), [(f"skipped: {reason}",)])]))
+        table = Table("PostgreSQL", ("status",), [(f"skipped: {reason}",)])
+        report.publish(
+            Report([table], skipped=[Skipped(f"PostgreSQL ({', '.join(only)})", reason)])
+        )
         return report
     for module in missing_peers():
         print(f"note: {module} is not installed: its rows are skipped\n", flush=True)

@@ -20,8 +20,6 @@ import sys
 import time
 from typing import Any
 
-import psutil  # type: ignore[import-untyped]
-
 import rxqueue
 from benchmarks.common import PROBES, ROOT, noop, payloads
 from rxqueue.streams import Doorbell, Wakeup
@@ -208,6 +206,8 @@ async def idle_cpu(
 
 async def rss_probe(url: str, queue: str, tasks: int) -> dict[str, float]:
     """Run a worker for ``tasks`` tasks; RSS at start and its peak (bytes)."""
+    import psutil  # type: ignore[import-untyped]  # in the bench extra only
+
     process = psutil.Process()
     backend = rxqueue.connect(url, queue=queue)
     done = 0

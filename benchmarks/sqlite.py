@@ -20,6 +20,7 @@ same file.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import math
 import shutil
@@ -30,13 +31,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from benchmarks import loop, peers, probes
+from benchmarks import loop, probes
 from benchmarks.common import (
     PROBES,
     ROOT,
     SQLITE_MISSING,
     Measure,
     Report,
+    Row,
+    Skipped,
     Table,
     Verdict,
     fmt_ms,
@@ -49,6 +52,7 @@ from benchmarks.common import (
     rate_table,
     ratio,
     round_ratios,
+    rows_of,
     spread,
     sqlite_backend_available,
     sqlite_url,
@@ -82,6 +86,16 @@ class Sizes:
 
 
 QUICK = Sizes(5_000, 10_000, 1_000, 100, 30, 0.02, 1.2, 1.0, 1.2, 100_000, 10_000)
+PEER_MODULES = {HUEY: "huey", PERSIST_QUEUE: "persistqueue"}  # name -> module to import
+INSTALL_PEERS = "not installed (pip install -e '.[bench]')"
+
+
+def missing_peers() -> list[Skipped]:
+    return [
+        Skipped(name, INSTALL_PEERS)
+        for name, module in PEER_MODULES.items()
+        if importlib.util.find_spec(module) is None
+    ]
 
 
 def db_url(directory: Path) -> str:
@@ -130,7 +144,10 @@ def throughput(sizes: Sizes, repeat: int, parts: Collection[str], rx: bool) -> R
         contenders.append((RX_C100, seed_rxqueue, run_rxqueue(100, None)))
         contenders.append((RX_C16, seed_rxqueue, run_rxqueue(16, None)))
         contenders.append((RX_P100, seed_rxqueue, run_rxqueue(16, loop.BATCH)))
-    if "peers" in parts:
+    skipped = missing_peers() if "peers" in parts else []
+    if "peers" in parts and not skipped:
+        from benchmarks import peers
+
         contenders.append((HUEY, partial(peers.seed_huey, payloads=items), peers.run_huey))
         seed_pq = partial(peers.seed_persist_queue, payloads=items)
         contenders.append((PERSIST_QUEUE, seed_pq, peers.run_persist_queue))
@@ -157,6 +174,7 @@ def throughput(sizes: Sizes, repeat: int, parts: Collection[str], rx: bool) -> R
         "defaults: prefetch = concurrency (x the pipe's batch size)",
         "persist-queue's get() scans past acked rows (kept until clear_acked_data()): "
         "it slows down as a run goes on",
+        *(f"{s.name}: {s.reason}" for s in skipped),
     ]
     verdicts: list[Verdict] = []
     if not rx:
@@ -183,7 +201,15 @@ def throughput(sizes: Sizes, repeat: int, parts: Collection[str], rx: bool) -> R
                 spread=spread(runs_, fmt_rate),
             )
         )
-    return Report([table], verdicts)
+    rows = rows_of(
+        results,
+        {LOOP: "baseline", HUEY: "peer", PERSIST_QUEUE: "peer"},
+        "tasks/s",
+        group=f"end to end, {n:,} no-op tasks",
+        ratio_to=LOOP,
+        notes={RX_C100: f"target >= {E2E_TARGET}x the loop"},
+    )
+    return Report([table], verdicts, rows, skipped)
 
 
 def push(sizes: Sizes, repeat: int) -> Report:
@@ -197,6 +223,7 @@ def push(sizes: Sizes, repeat: int) -> Report:
     n, pushes, pushers = sizes.push, sizes.single_pushes, sizes.pushers
     chunked = "push_many in chunks of 10,000"
     single = f"await push() x{pushes:,} from {pushers} concurrent pushers"
+    floor = "floor: aiosqlite executemany, chunks of 10,000"
     results = interleave(
         {
             chunked: fresh(lambda d: asyncio.run(probes.push_many_rate(db_url(d), n, 10_000))),
@@ -206,9 +233,7 @@ def push(sizes: Sizes, repeat: int) -> Report:
             single: fresh(
                 lambda d: asyncio.run(probes.concurrent_push_rate(db_url(d), pushes, pushers))
             ),
-            "floor: aiosqlite executemany, chunks of 10,000": fresh(
-                lambda d: asyncio.run(loop.insert_rate(d / "tasks.db", n, 10_000))
-            ),
+            floor: fresh(lambda d: asyncio.run(loop.insert_rate(d / "tasks.db", n, 10_000))),
         },
         repeat,
     )
@@ -219,14 +244,18 @@ def push(sizes: Sizes, repeat: int) -> Report:
         Verdict(f"sqlite push: {name}", f"{fmt_rate(median(r))} tasks/s")
         for name, r in results.items()
     ]
-    return Report([table], verdicts)
+    rows = rows_of(
+        results, {floor: "baseline"}, "tasks/s", group=f"push, {n:,} tasks", ratio_to=floor
+    )
+    return Report([table], verdicts, rows)
 
 
+POLL_ONLY = "another process, poll only (no doorbell)"
 LATENCY_RUNS = {
     # name: (from another process, cross-process doorbell)
     "another process (defaults: socket doorbell)": (True, True),
     "same process": (False, True),
-    "another process, poll only (no doorbell)": (True, False),
+    POLL_ONLY: (True, False),
 }
 
 
@@ -250,6 +279,9 @@ def latency(sizes: Sizes, repeat: int) -> Report:
     for _ in range(repeat):
         for name, (other_process, doorbell) in LATENCY_RUNS.items():
             runs[name].append(measure(other_process, doorbell))
+    rows = latency_rows(
+        "SQLite", runs, {POLL_ONLY: "baseline"}, ratio_to=POLL_ONLY, complete=sizes.latency_count
+    )
     table = Table(
         f"SQLite latency, push -> handler start: worker idle {sizes.idle_before:g} s, then "
         f"{sizes.latency_count} pushes, one every {sizes.interval * 1000:g} ms; "
@@ -291,13 +323,46 @@ def latency(sizes: Sizes, repeat: int) -> Report:
         "poll only: the worker's backend keeps the in-process doorbell only, as before the "
         "socket doorbell; it polls every 50 ms, backing off to 1 s while idle",
     ]
-    return Report([table], verdicts)
+    return Report([table], verdicts, rows)
 
 
+def latency_rows(
+    store: str,
+    runs: dict[str, list[list[float]]],
+    kinds: dict[str, Any],
+    *,
+    ratio_to: str,
+    complete: int,
+) -> list[Row]:
+    """p50 and p99 rows (milliseconds, one value per run) of each latency run."""
+    rows: list[Row] = []
+    for label, q in (("p50", 50), ("p99", 99)):
+        per_run = {
+            f"{name}, {label}": [percentile(s, q) * 1000 for s in samples]
+            for name, samples in runs.items()
+        }
+        notes = {
+            f"{name}, {label}": f"only {min(map(len, samples))} of {complete} tasks seen"
+            for name, samples in runs.items()
+            if any(len(s) < complete for s in samples)
+        }
+        rows += rows_of(
+            per_run,
+            {f"{name}, {label}": kind for name, kind in kinds.items()},
+            "ms",
+            group=f"{store} push -> handler start, {label}",
+            ratio_to=f"{ratio_to}, {label}",
+            higher_is_better=False,
+            notes=notes,
+        )
+    return rows
+
+
+IDLE_FLOOR = "floor: an asyncio loop that only sleeps"
 IDLE_MODES = {
     "worker at the defaults (socket doorbell)": "doorbell",
     "worker, poll only (no doorbell)": "poll-only",
-    "floor: an asyncio loop that only sleeps": "asyncio",
+    IDLE_FLOOR: "asyncio",
 }
 
 
@@ -362,7 +427,15 @@ def idle(sizes: Sizes, repeat: int) -> Report:
         "time.process_time() (user + system, all threads) / wall time, inside the probe",
         "the worker: concurrency 16, a 1 s poll once backed off, a heartbeat every 10 s",
     ]
-    return Report([table], verdicts)
+    rows = rows_of(
+        {f"SQLite {name}": [v * 100 for v in values] for name, values in shares.items()},
+        {f"SQLite {IDLE_FLOOR}": "baseline"},
+        "% of one core",
+        group="idle CPU",
+        higher_is_better=False,
+        notes={f"SQLite {next(iter(IDLE_MODES))}": f"target < {IDLE_TARGET:.0%}"},
+    )
+    return Report([table], verdicts, rows)
 
 
 def memory(sizes: Sizes, repeat: int) -> Report:
@@ -396,7 +469,17 @@ def memory(sizes: Sizes, repeat: int) -> Report:
         f"< {MEMORY_TARGET // mib} MiB",
         value < MEMORY_TARGET,
     )
-    return Report([table], [verdict])
+    grown_row = f"rxqueue worker: peak RSS - RSS at start ({sizes.big_run:,} processed)"
+    start_row = "for scale: RSS at start (Python, rxqueue and the backend imported)"
+    rows = rows_of(
+        {grown_row: [g / mib for g in grown], start_row: [r["start"] / mib for r in runs]},
+        {start_row: "baseline"},
+        "MiB",
+        group=f"SQLite worker over {sizes.big:,} pending tasks",
+        higher_is_better=False,
+        notes={grown_row: f"target < {MEMORY_TARGET // mib} MiB; {fmt_rate(rate)} tasks/s"},
+    )
+    return Report([table], [verdict], rows)
 
 
 def main(only: Collection[str] = PARTS, sizes: Sizes = Sizes(), repeat: int = 3) -> Report:
