@@ -33,6 +33,12 @@ class AckBatch:
     retried: list[tuple[Task[Any], Retry]] = field(default_factory=list)
     killed: list[tuple[Task[Any], Killed]] = field(default_factory=list)
     cancelled: list[tuple[Task[Any], Cancelled]] = field(default_factory=list)
+    # Per Done that spawns (a workflow's fan-out): the tasks to store with it, their
+    # payloads encoded, and the Waiting task that joins them. A backend stores them
+    # in the batch's transaction, before the Done, and only if the Done is recorded.
+    spawned: list[tuple[Task[Any], tuple[Task[Any], ...], TaskId | None]] = field(
+        default_factory=list
+    )
 
     @classmethod
     def of(cls, worker: str, updates: Iterable[tuple[Task[Any], Update]]) -> AckBatch:
@@ -48,6 +54,8 @@ class AckBatch:
                         "the worker encodes results before acking"
                     )
                 batch.done.append((task, result))
+                if update.spawn:  # type: ignore[union-attr]
+                    batch.spawned.append((task, update.spawn, update.join))  # type: ignore[union-attr]
             elif kind is Started:
                 batch.started.append(task)
             elif kind is Progress:

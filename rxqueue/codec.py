@@ -33,7 +33,7 @@ import math
 import types
 import typing
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from typing import Any, Protocol, runtime_checkable
 
@@ -89,6 +89,18 @@ class JsonCodec:
 
 
 DEFAULT_CODEC = JsonCodec()
+
+
+def encode_list(codec: Codec, items: Sequence[bytes | None]) -> bytes:
+    """The list of already-encoded ``items`` (``None``: no value), encoded.
+
+    A waiting task's payload once its dependencies are Done: stores build it from
+    their stored results. JSON documents join as they are; other codecs decode
+    each item and encode the list.
+    """
+    if type(codec) is JsonCodec:
+        return b"[" + b",".join(b"null" if item is None else item for item in items) + b"]"
+    return codec.encode([None if item is None else codec.decode(item) for item in items])
 
 
 def _json_name(number: float) -> str:

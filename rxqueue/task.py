@@ -34,6 +34,7 @@ class Status(enum.StrEnum):
     FAILED = "Failed"  # an attempt failed; will run again at run_at
     KILLED = "Killed"  # attempts exhausted or aborted
     CANCELLED = "Cancelled"  # by request (backend.cancel); never retried
+    WAITING = "Waiting"  # for the tasks in its depends_on to be Done (workflow steps)
 
 
 TERMINAL: Final = frozenset({Status.DONE, Status.KILLED, Status.CANCELLED})
@@ -111,6 +112,10 @@ class Task(Generic[T]):
     # What the handler last reported with ``await ctx.progress(fraction, note)``.
     progress: float | None = None
     progress_note: str | None = None
+    # Stored Waiting until every one of these tasks is Done; its payload then becomes
+    # the list of their results, in this order, and its delay (run_at - created_at)
+    # counts from then. One of them Killed or Cancelled kills it. Read only by stores.
+    depends_on: tuple[TaskId, ...] = ()
 
     def evolve(self, **changes: Any) -> Task[T]:
         """A copy with ``changes`` applied (the record itself never changes)."""
@@ -138,6 +143,7 @@ _DEFAULTS: Final[dict[str, Any]] = {
     "unique_until": None,
     "progress": None,
     "progress_note": None,
+    "depends_on": (),
 }
 
 
@@ -270,6 +276,20 @@ def check_task_id(value: Any) -> str:
     return value
 
 
+def check_depends_on(task_id: TaskId, depends_on: Any) -> tuple[TaskId, ...]:
+    """``depends_on`` as a tuple of distinct task ids other than ``task_id``."""
+    if isinstance(depends_on, str) or not isinstance(depends_on, Sequence):
+        raise InvalidOption(f"depends_on must be a sequence of task ids, got {depends_on!r}")
+    ids = tuple(depends_on)
+    for each in ids:
+        check_task_id(each)
+    if len(set(ids)) != len(ids):
+        raise InvalidOption(f"depends_on names a task twice: {list(ids)!r}")
+    if task_id in ids:
+        raise InvalidOption("a task cannot depend on itself")
+    return ids
+
+
 def validate_task(task: Task[Any]) -> None:
     """Refuse a Task whose fields no store could hold (``send`` calls this)."""
     try:
@@ -287,6 +307,8 @@ def validate_task(task: Task[Any]) -> None:
             check_unique_key(task.unique_key)
         if task.unique_until is not None:
             check_seconds("unique_until", task.unique_until)
+        if task.depends_on:
+            check_depends_on(task.id, task.depends_on)
     except InvalidOption as exc:
         raise InvalidOption(f"task {task.id!r}: {exc}") from None
 
@@ -370,6 +392,7 @@ class PushOptions:
                 None if key is None or unique_for is None else now + unique_for,
                 None,
                 None,
+                (),
             )
         )
 
@@ -379,9 +402,16 @@ class PushOptions:
 
 @dataclass(frozen=True, slots=True)
 class Done:
-    """The handler returned; ``result`` is stored if the codec can encode it."""
+    """The handler returned; ``result`` is stored if the codec can encode it.
+
+    ``spawn``: tasks stored in the same transaction that records this Done, and
+    only if it is recorded (a workflow's fan-out); ``join``: a Waiting task that
+    also waits for every spawned task, after its own dependencies, in spawn order.
+    """
 
     result: Any = None
+    spawn: tuple[Task[Any], ...] = ()
+    join: TaskId | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -198,6 +198,7 @@ def test_stats_list_and_get_print_json_and_text(
     assert orjson.loads(capsys.readouterr().out) == {
         "Pending": 1, "Queued": 0, "Running": 0, "Done": 1, "Failed": 0, "Killed": 0,
         "Cancelled": 0,
+        "Waiting": 0,
     }  # fmt: skip
 
     assert main(["list", url, "--json"]) == 0

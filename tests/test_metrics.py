@@ -110,6 +110,7 @@ async def test_a_known_run_scraped_over_http(serve: tuple[CollectorRegistry, int
         Status.FAILED: 0,
         Status.KILLED: 1,
         Status.CANCELLED: 1,
+        Status.WAITING: 0,
     }
     # Closed: unregistered, so the endpoint no longer shows them.
     after = await asyncio.to_thread(scrape, port)

@@ -265,6 +265,7 @@ async def test_a_version_2_file_with_tasks_in_every_status_upgrades_for_cancel(
             indexes = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'"))
             assert set(indexes) == {
                 "sqlite_autoindex_tasks_1", "tasks_ready", "tasks_leases", "tasks_unique",
+                "task_edges_parent",
             }  # fmt: skip
             assert "UNIQUE" in indexes["tasks_unique"]
             assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)

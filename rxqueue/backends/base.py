@@ -85,6 +85,8 @@ class Capability(enum.StrEnum):
     CANCEL = "cancel"  # cancel(task_id) ends a waiting task, or a running one in its worker
     PROGRESS = "progress"  # await ctx.progress(...) is stored; get() shows it
     LIMITS = "limits"  # rate_limit= and max_running= hold across every worker of the queue
+    # Task.depends_on waits in the store and Done(spawn=...) stores with its Done: workflows.
+    DEPENDENCIES = "dependencies"
 
 
 ALL_CAPABILITIES = frozenset(Capability) - {Capability.TRANSACTIONS}
@@ -361,6 +363,13 @@ class Backend(ABC):
         if len(set(ids)) != len(ids):
             repeated = next(task_id for task_id in ids if ids.count(task_id) > 1)
             raise InvalidOption(f"task id {repeated!r} appears twice in one send_many")
+        if Capability.DEPENDENCIES not in self.capabilities and any(
+            task.depends_on for task in tasks
+        ):
+            raise UnsupportedOperation(
+                f"{type(self).__name__} cannot hold a task until others finish (depends_on=, "
+                "workflows); it does not declare Capability.DEPENDENCIES"
+            )
         keyed = any(task.unique_key is not None for task in tasks)
         if keyed and Capability.UNIQUE not in self.capabilities:
             raise UnsupportedOperation(
@@ -522,6 +531,16 @@ class Backend(ABC):
     async def _list(
         self, status: Status | None, limit: int, offset: int
     ) -> builtins.list[Task[Any]]:
+        raise NotImplementedError
+
+    async def family(self, run_id: TaskId) -> builtins.list[Task[Any]]:
+        """The task ``run_id`` and every task whose id starts with ``run_id + "/"``, in
+        any queue of the store, oldest first: a workflow run and its steps."""
+        self._require(Capability.LIST)
+        await self.open()
+        return [self._shown(task) for task in await self._family(run_id)]
+
+    async def _family(self, run_id: TaskId) -> builtins.list[Task[Any]]:
         raise NotImplementedError
 
     async def retry(self, task_id: TaskId) -> None:

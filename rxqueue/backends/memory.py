@@ -18,8 +18,15 @@ import orjson
 from rxqueue.acks import AckBatch
 from rxqueue.backends.base import ALL_CAPABILITIES, ClaimingBackend, Limits, frees_room
 from rxqueue.clock import Clock, system_clock
-from rxqueue.codec import DEFAULT_CODEC, Codec
-from rxqueue.errors import InvalidTransition, TaskExists, TaskNotFound, WorkerError
+from rxqueue.codec import DEFAULT_CODEC, Codec, encode_list
+from rxqueue.errors import (
+    InvalidOption,
+    InvalidTransition,
+    TaskExists,
+    TaskNotFound,
+    UnsupportedOperation,
+    WorkerError,
+)
 from rxqueue.task import (
     ACTIVE,
     DEFAULT_MAX_ATTEMPTS,
@@ -33,7 +40,8 @@ from rxqueue.task import (
     task_reader,
 )
 
-_SNAPSHOT = task_reader(FIELDS, attributes=True)  # a Task from a _Row's fields, by name
+_SNAPSHOT = task_reader(FIELDS, attributes=True)
+_FAILED = frozenset({Status.KILLED, Status.CANCELLED})  # a Task from a _Row's fields, by name
 
 
 class _Row:
@@ -44,6 +52,7 @@ class _Row:
         "attempts",
         "cancel_reason",
         "created_at",
+        "depends_on",
         "done_at",
         "id",
         "last_error",
@@ -61,6 +70,7 @@ class _Row:
         "unique_key",
         "unique_until",
         "version",
+        "waiting",
     )
 
     def __init__(self, task: Task[Any], payload: bytes) -> None:
@@ -86,6 +96,8 @@ class _Row:
         self.progress_note: str | None = None
         self.version = 0  # bumped whenever the row re-enters a heap; stale entries skip
         self.cancel_reason: str | None = None  # asked to cancel while claimed
+        self.depends_on: tuple[TaskId, ...] = task.depends_on  # its inputs, in order
+        self.waiting = 0  # dependencies not Done yet (status Waiting while > 0)
 
     def snapshot(self) -> Task[Any]:
         return _SNAPSHOT(self)
@@ -126,6 +138,7 @@ class MemoryBackend(ClaimingBackend):
         self._heartbeats: dict[str, float] = {}
         self._locked: dict[str, set[TaskId]] = {}
         self._unique: dict[str, TaskId] = {}  # unique_key -> the task that holds it
+        self._dependants: dict[TaskId, list[TaskId]] = {}  # parent -> tasks that wait for it
 
     # --- heaps ----------------------------------------------------------------------
 
@@ -178,8 +191,17 @@ class MemoryBackend(ClaimingBackend):
             row.lock_by = worker
             row.lock_at = now
             locked.add(row.id)
-            claimed.append(row.snapshot())
+            task = row.snapshot()
+            if row.depends_on:
+                task = task.evolve(args=self._inputs(row))
+            claimed.append(task)
         return claimed
+
+    def _inputs(self, row: _Row) -> bytes:
+        """The payload of a task that depended on others: their results, in order."""
+        rows = self._rows
+        results = [None if (p := rows.get(each)) is None else p.result for each in row.depends_on]
+        return encode_list(self.codec, results)
 
     def _unlock(self, row: _Row) -> None:
         if row.lock_by is not None:
@@ -204,18 +226,99 @@ class MemoryBackend(ClaimingBackend):
         for index, task in enumerate(tasks):
             if index not in held and task.id in self._rows:
                 raise TaskExists(task.id)
-        for index, (task, payload) in enumerate(zip(tasks, payloads, strict=True)):
-            if index in held:
-                ids[index] = held[index]
-                continue
+        self._check_stored(tasks)
+        for index, holder in held.items():
+            ids[index] = holder
+        kept = [index for index in range(len(tasks)) if index not in held]
+        self._insert_all([tasks[i] for i in kept], [payloads[i] for i in kept])
+        if len(held) < len(tasks):
+            self._local().doorbell.notify()
+        return ids
+
+    def _check_stored(self, tasks: Sequence[Task[Any]]) -> None:
+        """Refuse, before storing any, tasks of another queue or depending on unknown ones."""
+        batch = {task.id for task in tasks}
+        for task in tasks:
+            if task.queue != self.queue:
+                raise UnsupportedOperation(
+                    f"MemoryBackend holds one queue ({self.queue!r}); task {task.id!r} is for "
+                    f"queue {task.queue!r}. Use SQLite or PostgreSQL for several queues"
+                )
+            for parent in task.depends_on:
+                if parent not in self._rows and parent not in batch:
+                    raise InvalidOption(
+                        f"task {task.id!r} depends on {parent!r}, which is not stored: push "
+                        "the tasks it depends on first, or in the same call"
+                    )
+
+    def _insert_all(self, tasks: Sequence[Task[Any]], payloads: Sequence[bytes]) -> None:
+        """Insert checked tasks; those with dependencies wait for the ones not Done
+        (dependencies may be among ``tasks``), or end Killed if one failed."""
+        waiting: list[_Row] = []
+        for task, payload in zip(tasks, payloads, strict=True):
             row = _Row(task, payload)
             self._rows[task.id] = row
             if task.unique_key is not None:
                 self._take(task.unique_key, task.id)
-            self._enqueue(row)
-        if len(held) < len(tasks):
+            if task.depends_on:
+                row.status = Status.WAITING
+                waiting.append(row)
+            else:
+                self._enqueue(row)
+        for row in waiting:
+            for parent_id in row.depends_on:
+                self._dependants.setdefault(parent_id, []).append(row.id)
+        now = self.clock()
+        for row in waiting:
+            if row.status is not Status.WAITING:
+                continue  # killed meanwhile, with a dependency of the same batch
+            parents = [self._rows[each] for each in row.depends_on]
+            failed = next((parent for parent in parents if parent.status in _FAILED), None)
+            if failed is not None:
+                self._fail_dependants_of(failed, [row.id])
+                continue
+            row.waiting = sum(1 for parent in parents if parent.status is not Status.DONE)
+            if row.waiting == 0:
+                self._release(row, now)
+
+    def _release(self, row: _Row, since: float) -> None:
+        row.status = Status.PENDING
+        row.run_at = since + (row.run_at - row.created_at)  # its delay counts from now
+        self._enqueue(row)
+
+    def _settle(self, row: _Row) -> list[TaskId]:
+        """After ``row`` ended: what the SQL stores' triggers do to its dependants.
+        Done counts them down and releases those with nothing left to wait for;
+        Killed or Cancelled kills them, and theirs. Returns the ids killed."""
+        waiting = self._dependants.get(row.id)
+        if not waiting:
+            return []
+        if row.status is Status.DONE:
+            for child_id in waiting:
+                child = self._rows.get(child_id)
+                if child is not None and child.status is Status.WAITING:
+                    child.waiting -= 1
+                    if child.waiting == 0:
+                        self._release(child, row.done_at or self.clock())
             self._local().doorbell.notify()
-        return ids
+            return []
+        return self._fail_dependants_of(row, waiting)
+
+    def _fail_dependants_of(self, row: _Row, children: Sequence[TaskId]) -> list[TaskId]:
+        error = row.last_error or ""
+        reason = error if error.startswith("dependency ") else (
+            f"dependency {row.id} ended {row.status}" + (f": {error}" if error else "")
+        )
+        killed: list[TaskId] = []
+        for child_id in children:
+            child = self._rows.get(child_id)
+            if child is None or child.status is not Status.WAITING:
+                continue
+            child.status, child.waiting = Status.KILLED, 0
+            child.last_error, child.done_at = reason, row.done_at or self.clock()
+            killed.append(child_id)
+            killed += self._settle(child)
+        return killed
 
     def _holder(self, key: str) -> TaskId | None:
         """The id of the task that holds ``key`` now, or None if it is free."""
@@ -260,6 +363,10 @@ class MemoryBackend(ClaimingBackend):
                 refused.append(task.id)
             else:
                 row.status = Status.RUNNING
+        for parent, spawned, join in batch.spawned:
+            if self._held(parent, worker) is not None:
+                self._spawn(spawned, join)
+        ended: list[_Row] = []
         for task, result in batch.done:
             row = self._held(task, worker)
             if row is None:
@@ -267,6 +374,7 @@ class MemoryBackend(ClaimingBackend):
                 continue
             self._end(row, Status.DONE, now)
             row.result = result
+            ended.append(row)
         for task, retry in batch.retried:
             row = self._held(task, worker)
             if row is None:
@@ -288,6 +396,7 @@ class MemoryBackend(ClaimingBackend):
                 continue
             self._end(row, Status.KILLED, now)
             row.last_error = killed.error
+            ended.append(row)
         for task, cancelled in batch.cancelled:
             row = self._held(task, worker)
             if row is None:
@@ -295,11 +404,24 @@ class MemoryBackend(ClaimingBackend):
                 continue
             self._end(row, Status.CANCELLED, now)
             row.last_error = cancelled.error
+            ended.append(row)
+        failed = [task_id for row in ended for task_id in self._settle(row)]
         local = self._local()
         if batch.retried or frees_room(self.limits, batch):
             local.doorbell.notify()
-        local.finished(batch.finished)
+        local.finished(batch.finished + failed if failed else batch.finished)
         return refused
+
+    def _spawn(self, spawned: Sequence[Task[Any]], join: TaskId | None) -> None:
+        """Store a Done's fan-out (payloads already encoded); ``join`` waits for it too."""
+        self._check_stored(spawned)
+        self._insert_all(spawned, [task.args for task in spawned])
+        row = None if join is None else self._rows.get(join)
+        if row is not None and row.status is Status.WAITING:
+            row.depends_on += tuple(task.id for task in spawned)
+            row.waiting += len(spawned)
+            for task in spawned:
+                self._dependants.setdefault(task.id, []).append(row.id)
 
     def _end(self, row: _Row, status: Status, now: float) -> None:
         row.attempts += 1
@@ -313,7 +435,7 @@ class MemoryBackend(ClaimingBackend):
             if row is not None and row.lock_by == worker and row.status is Status.QUEUED:
                 if row.cancel_reason is not None:  # asked to cancel: it must not run again
                     self._cancelled(row, row.cancel_reason)
-                    self._local().finished([row.id])
+                    self._local().finished([row.id, *self._settle(row)])
                     continue
                 self._unlock(row)
                 row.status = Status.PENDING
@@ -380,6 +502,7 @@ class MemoryBackend(ClaimingBackend):
             if row.cancel_reason is not None:  # asked to cancel: it must not run again
                 self._cancelled(row, row.cancel_reason)
                 killed.append(row.id)
+                killed += self._settle(row)
                 expired += 1
                 continue
             self._unlock(row)
@@ -389,6 +512,7 @@ class MemoryBackend(ClaimingBackend):
                 row.status = Status.KILLED
                 row.done_at = now
                 killed.append(row.id)
+                killed += self._settle(row)
             else:
                 row.status = Status.PENDING
                 self._enqueue(row)
@@ -438,8 +562,9 @@ class MemoryBackend(ClaimingBackend):
 
     async def _cancel(self, task_id: TaskId, reason: str) -> Status:
         row = self._row(task_id)
-        if row.status in READY:
+        if row.status in READY or row.status is Status.WAITING:
             self._cancelled(row, reason)
+            self._local().finished(self._settle(row))
         elif row.status in ACTIVE:
             row.cancel_reason = reason  # its worker cancels it: at once here, or at a heartbeat
         return row.status
@@ -460,20 +585,41 @@ class MemoryBackend(ClaimingBackend):
         row.status = Status.KILLED
         row.last_error = reason
         row.done_at = self.clock()
+        self._local().finished(self._settle(row))
         return True
 
     async def _vacuum(self, older_than: float) -> int:
         cutoff = self.clock() - older_than
+        rows = self._rows
+
+        def needed(task_id: TaskId) -> bool:  # by a child that has not finished
+            return any(
+                (child := rows.get(each)) is not None and child.status not in TERMINAL
+                for each in self._dependants.get(task_id, ())
+            )
+
         doomed = [
             row.id
-            for row in self._rows.values()
-            if row.status in TERMINAL and row.done_at is not None and row.done_at <= cutoff
+            for row in rows.values()
+            if row.status in TERMINAL
+            and row.done_at is not None
+            and row.done_at <= cutoff
+            and not needed(row.id)
         ]
         for task_id in doomed:
+            self._dependants.pop(task_id, None)
             row = self._rows.pop(task_id)
             if row.unique_key is not None and self._unique.get(row.unique_key) == task_id:
                 del self._unique[row.unique_key]
         return len(doomed)
+
+    async def _family(self, run_id: TaskId) -> list[Task[Any]]:
+        prefix = f"{run_id}/"
+        return [
+            row.snapshot()
+            for task_id, row in self._rows.items()
+            if task_id == run_id or task_id.startswith(prefix)
+        ]
 
     async def has_work(self, horizon: float) -> bool:
         now = self.clock()

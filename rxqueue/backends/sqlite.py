@@ -50,7 +50,7 @@ from rxqueue.backends._rows import (
 from rxqueue.backends._sqlite_connection import Connection, Job
 from rxqueue.backends.base import ALL_CAPABILITIES, ClaimingBackend, Limits, frees_room
 from rxqueue.clock import Clock, system_clock
-from rxqueue.codec import DEFAULT_CODEC, Codec
+from rxqueue.codec import DEFAULT_CODEC, Codec, encode_list
 from rxqueue.errors import (
     BackendError,
     InvalidOption,
@@ -127,8 +127,37 @@ ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL DO NOTHING
 """
 _KEY_HOLDERS = f"SELECT unique_key, id FROM tasks WHERE queue = ? AND {_KEYS}"
 
+# Dependencies: a task waits (status Waiting) until `waiting` parents are Done; the
+# schema's triggers count down, release and fail dependants (see _sqlite_schema).
+_INSERT_WAITING = """
+INSERT INTO tasks (id, queue, args, status, attempts, max_attempts, priority, run_at,
+                   created_at, last_error, metadata, waiting)
+VALUES (?, ?, ?, 'Waiting', ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_EDGE = "INSERT INTO task_edges (child, position, parent) VALUES (?, ?, ?)"
+_PARENTS = "SELECT id, status, last_error FROM tasks WHERE id IN (SELECT value FROM json_each(?))"
+_KILL_WAITING = """
+UPDATE tasks SET status = 'Killed', waiting = 0, last_error = ?, done_at = ?
+WHERE id = ? AND status = 'Waiting'
+"""
+# Parents already Done when the task is stored: its delay counts from now.
+_COUNT_DOWN = """
+UPDATE tasks SET waiting = waiting - ?,
+    status = CASE WHEN waiting = ? THEN 'Pending' ELSE status END,
+    run_at = CASE WHEN waiting = ? THEN ? + (run_at - created_at) ELSE run_at END
+WHERE id = ? AND status = 'Waiting'
+"""
+_NEXT_POSITION = "SELECT coalesce(max(position) + 1, 0) FROM task_edges WHERE child = ?"
+_JOIN_MORE = "UPDATE tasks SET waiting = waiting + ? WHERE id = ? AND status = 'Waiting'"
+_INPUTS = """
+SELECT e.child, p.result FROM task_edges AS e LEFT JOIN tasks AS p ON p.id = e.parent
+WHERE e.child IN (SELECT value FROM json_each(?)) ORDER BY e.child, e.position
+"""
+_FAMILY = f"SELECT {_COLUMNS} FROM tasks WHERE id = ? OR (id >= ? AND id < ?) ORDER BY rowid"
+
 # Acks apply only while the acking worker still holds the lease.
 _HELD = f"WHERE id = ? AND lock_by = ? AND attempts = ? AND {_ACTIVE}"  # this very claim
+_HOLDS = f"SELECT 1 FROM tasks {_HELD}"
 _UNLOCK = "attempts = attempts + 1, lock_by = NULL, lock_at = NULL"
 _STARTED = f"UPDATE tasks SET status = 'Running' {_HELD}"
 _PROGRESS = f"UPDATE tasks SET progress = ?, progress_note = ? {_HELD}"
@@ -219,7 +248,13 @@ UPDATE tasks SET status = 'Cancelled', lock_by = NULL, lock_at = NULL, last_erro
 WHERE id = ?
 """
 _CANCEL_LATER = "UPDATE tasks SET cancel_reason = ? WHERE id = ?"
-_VACUUM = f"DELETE FROM tasks WHERE queue = ? AND {_FINISHED} AND done_at <= ?"
+# A finished parent stays while a child that has not finished may still need its result.
+_VACUUM = f"""
+DELETE FROM tasks WHERE queue = ? AND {_FINISHED} AND done_at <= ? AND NOT EXISTS (
+    SELECT 1 FROM task_edges AS e JOIN tasks AS c ON c.id = e.child
+    WHERE e.parent = tasks.id AND NOT c.{_FINISHED})
+"""
+_VACUUM_EDGES = "DELETE FROM task_edges WHERE child NOT IN (SELECT id FROM tasks)"
 
 
 # --- rows <-> tasks -----------------------------------------------------------------------
@@ -238,13 +273,20 @@ def _locate(path: str | os.PathLike[str]) -> tuple[str, bool, str]:
     return text, False, os.path.abspath(text)
 
 
-def _apply_acks(conn: sqlite3.Connection, batch: AckBatch, now: float) -> list[TaskId]:
-    """Apply one ack batch (in the hop's transaction); the ids refused (lease lost).
+def _apply_acks(
+    conn: sqlite3.Connection, batch: AckBatch, now: float
+) -> tuple[list[TaskId], bool]:
+    """Apply one ack batch (in the hop's transaction): the ids refused (lease lost),
+    and whether it released or spawned tasks (through the dependency triggers).
 
     Started first: a task started and finished in one batch ends finished.
     """
     worker = batch.worker
     refused: list[TaskId] = []
+    before = conn.total_changes
+    direct = 0  # rows the statements below change themselves; triggers change the rest
+    if batch.spawned:
+        direct += _spawn(conn, batch, now)
     if batch.progress:  # not an outcome: a task no longer held just keeps its old progress
         conn.executemany(
             _PROGRESS,
@@ -267,11 +309,105 @@ def _apply_acks(conn: sqlite3.Connection, batch: AckBatch, now: float) -> list[T
         if changed < len(rows):
             # Some lease was lost: redo this kind row by row to learn which.
             conn.execute("ROLLBACK TO acks")
+            changed = 0
             for row in rows:
                 if conn.execute(statement, row).rowcount == 0:
                     refused.append(row[-3])
+                else:
+                    changed += 1
         conn.execute("RELEASE acks")
-    return refused
+        direct += changed
+    return refused, conn.total_changes - before > direct
+
+
+def _spawn(conn: sqlite3.Connection, batch: AckBatch, now: float) -> int:
+    """Store what each Done of ``batch`` spawns, if its parent is still held by this
+    claim (its Done is then recorded in this transaction too); rows written."""
+    written = 0
+    for parent, spawned, join in batch.spawned:
+        held = conn.execute(_HOLDS, (parent.id, batch.worker, parent.attempts)).fetchone()
+        if held is None or not spawned:
+            continue
+        rows = [
+            (task.id, task.queue, task.args, task.attempts, task.max_attempts, task.priority,
+             task.run_at, task.created_at, task.last_error, metadata_json(task))
+            for task in spawned
+        ]  # fmt: skip
+        if any(task.depends_on for task in spawned):
+            _insert_with_dependencies(conn, spawned, rows, now)
+        else:
+            conn.executemany(_INSERT, rows)
+        written += len(rows)
+        if join is not None:
+            first = conn.execute(_NEXT_POSITION, (join,)).fetchone()[0]
+            conn.executemany(
+                _EDGE,
+                [(join, first + index, task.id) for index, task in enumerate(spawned)],
+            )
+            written += len(spawned) + conn.execute(_JOIN_MORE, (len(spawned), join)).rowcount
+    return written
+
+
+def _insert_with_dependencies(
+    conn: sqlite3.Connection, tasks: Sequence[Task[Any]], rows: Sequence[Row], now: float
+) -> None:
+    """Insert ``tasks`` (some with ``depends_on``): those wait for their unfinished
+    dependencies, are released at once if all are Done, or killed if one failed.
+    Every dependency must exist, in the store or among ``tasks``."""
+    plain = [row for row, task in zip(rows, tasks, strict=True) if not task.depends_on]
+    if plain:
+        conn.executemany(_INSERT, plain)
+    dependants = [(row, task) for row, task in zip(rows, tasks, strict=True) if task.depends_on]
+    conn.executemany(_INSERT_WAITING, [(*row, len(task.depends_on)) for row, task in dependants])
+    conn.executemany(
+        _EDGE,
+        [
+            (task.id, position, parent)
+            for _, task in dependants
+            for position, parent in enumerate(task.depends_on)
+        ],
+    )
+    for _, task in dependants:
+        found = {
+            row[0]: row[1:]
+            for row in conn.execute(_PARENTS, (orjson.dumps(task.depends_on).decode(),))
+        }
+        unknown = [parent for parent in task.depends_on if parent not in found]
+        if unknown:
+            raise InvalidOption(
+                f"task {task.id!r} depends on {unknown[0]!r}, which is not stored: push "
+                "the tasks it depends on first, or in the same call"
+            )
+        failed = next(
+            (p for p in task.depends_on if found[p][0] in ("Killed", "Cancelled")), None
+        )
+        if failed is not None:
+            status, error = found[failed]
+            reason = error if (error or "").startswith("dependency ") else (
+                f"dependency {failed} ended {status}" + (f": {error}" if error else "")
+            )
+            conn.execute(_KILL_WAITING, (reason, now, task.id))
+            continue
+        done = sum(1 for p in task.depends_on if found[p][0] == "Done")
+        if done:
+            conn.execute(_COUNT_DOWN, (done, done, done, now, task.id))
+
+
+def _with_inputs(
+    conn: sqlite3.Connection, tasks: list[Task[Any]], codec: Codec
+) -> list[Task[Any]]:
+    """Claimed tasks, those that depended on others with their payload made of the
+    results of those, in order (their stored payload is a placeholder)."""
+    ids = orjson.dumps([task.id for task in tasks]).decode()
+    inputs: dict[TaskId, list[bytes | None]] = {}
+    for child, result in conn.execute(_INPUTS, (ids,)):
+        inputs.setdefault(child, []).append(result)
+    if not inputs:
+        return tasks
+    return [
+        task if task.id not in inputs else task.evolve(args=encode_list(codec, inputs[task.id]))
+        for task in tasks
+    ]
 
 
 # Backends on one file and queue share one doorbell in a process (and event loop):
@@ -420,6 +556,7 @@ class SqliteBackend(ClaimingBackend):
         now = self.clock()
         queue = self.queue
         limits = self.limits
+        codec = self.codec
 
         def claim(conn: sqlite3.Connection) -> list[Task[Any]]:
             if limits is None:
@@ -437,6 +574,8 @@ class SqliteBackend(ClaimingBackend):
                     corrupt.append((f"corrupt task row: {exc}", now, row[0], worker, row[4]))
             if corrupt:
                 conn.executemany(_KILLED, corrupt)
+            if tasks:
+                tasks = _with_inputs(conn, tasks, codec)
             tasks.sort(key=claim_order)
             return tasks
 
@@ -453,14 +592,18 @@ class SqliteBackend(ClaimingBackend):
         ids = [task.id for task in tasks]
         keys = [task.unique_key for task in tasks if task.unique_key is not None]
         rows = [
-            (task.id, self.queue, payload, task.attempts, task.max_attempts, task.priority,
+            (task.id, task.queue, payload, task.attempts, task.max_attempts, task.priority,
              task.run_at, task.created_at, task.last_error, metadata_json(task))
             for task, payload in zip(tasks, payloads, strict=True)
         ]  # fmt: skip
         queue, now = self.queue, self.clock()
+        dependants = any(task.depends_on for task in tasks)
 
         def insert(conn: sqlite3.Connection) -> dict[str, TaskId]:
             try:
+                if dependants:
+                    _insert_with_dependencies(conn, tasks, rows, now)
+                    return {}
                 if not keys:
                     conn.executemany(_INSERT, rows)
                     return {}
@@ -492,9 +635,11 @@ class SqliteBackend(ClaimingBackend):
     async def report(self, batch: AckBatch) -> list[TaskId]:
         if not len(batch):
             return []
-        refused = await self._write(partial(_apply_acks, batch=batch, now=self.clock()))
+        refused, released = await self._write(
+            partial(_apply_acks, batch=batch, now=self.clock())
+        )
         local = self._local()
-        if batch.retried or frees_room(self.limits, batch):
+        if batch.retried or released or frees_room(self.limits, batch):
             local.doorbell.notify()
         if local.waiters:
             local.finished(batch.finished)
@@ -629,7 +774,7 @@ class SqliteBackend(ClaimingBackend):
 
         def cancel(conn: sqlite3.Connection) -> Status:
             status = _status_of(conn, task_id, queue)
-            if status in READY:
+            if status in READY or status == Status.WAITING:
                 conn.execute(_CANCEL_NOW, (f"cancelled: {reason}", now, task_id))
                 return Status.CANCELLED
             if status in ACTIVE:  # its worker cancels it: at once here, or at a heartbeat
@@ -642,9 +787,17 @@ class SqliteBackend(ClaimingBackend):
         cutoff, queue = self.clock() - older_than, self.queue
 
         def vacuum(conn: sqlite3.Connection) -> int:
-            return conn.execute(_VACUUM, (queue, cutoff)).rowcount
+            deleted: int = conn.execute(_VACUUM, (queue, cutoff)).rowcount
+            if deleted:
+                conn.execute(_VACUUM_EDGES)
+            return deleted
 
         return await self._write(vacuum)
+
+    async def _family(self, run_id: TaskId) -> list[Task[Any]]:
+        params = (run_id, f"{run_id}/", f"{run_id}0")  # "0" follows "/": the id range
+        rows = await self._read(partial(_fetchall, statement=_FAMILY, params=params))
+        return [read_shown(row) for row in rows]
 
     async def has_work(self, horizon: float) -> bool:
         params = (self.queue, self.clock() + horizon)
