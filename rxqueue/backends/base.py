@@ -64,6 +64,7 @@ from rxqueue.task import (
     check_unique_key,
     validate_task,
 )
+from rxqueue.tracing import traced, traced_tasks
 
 Operator = Callable[[Observable[Any]], Observable[Any]]
 StopWorker = Callable[[], Awaitable[None]]
@@ -316,6 +317,7 @@ class Backend(ABC):
         connection: Any,
         unique_keys: Sequence[str | None] | None = None,
     ) -> list[TaskId]:
+        options = traced(options)  # the current span's trace context, if any
         now, queue, max_attempts = self.clock(), self.queue, self.max_attempts
         if unique_keys is None:
             tasks = [
@@ -349,7 +351,7 @@ class Backend(ABC):
                 )
             validate_task(task)
             checked.append(task if task.queue == self.queue else task.evolve(queue=self.queue))
-        return await self._send(checked, connection)
+        return await self._send(traced_tasks(checked), connection)
 
     async def _send(self, tasks: list[Task[Any]], connection: Any) -> list[TaskId]:
         if not tasks:

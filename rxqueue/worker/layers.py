@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from rxqueue.backoff import Backoff, exponential
 from rxqueue.errors import Abort, CodecError, HandlerTimeout, RetryAfter
 from rxqueue.task import Killed, Outcome, Retry, Task
 from rxqueue.worker.context import TaskContext
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 Next: TypeAlias = Callable[[Task[Any], TaskContext], Awaitable[Outcome]]
 Layer: TypeAlias = Callable[[Next, Task[Any], TaskContext], Awaitable[Outcome]]
@@ -135,3 +138,23 @@ def rate_limit(n: int, per: float) -> Layer:
         return await next(task, ctx)
 
     return rate_limit_layer
+
+
+def opentelemetry(tracer_provider: TracerProvider | None = None) -> Layer:
+    """One OpenTelemetry span per attempt, ``rxqueue.task <queue>`` (kind CONSUMER).
+
+    The span continues the trace of the span that was current when the task was
+    pushed (stored in ``metadata["traceparent"]``, see :mod:`rxqueue.tracing`); a
+    task pushed outside any span starts a new trace. Attributes: ``rxqueue.task.id``,
+    ``rxqueue.queue``, ``rxqueue.attempt``, ``rxqueue.max_attempts``,
+    ``rxqueue.worker`` and ``rxqueue.outcome`` (``done``, ``retry``, ``killed`` or
+    ``cancelled``); a failed attempt's span has status ERROR and records the
+    exception (or, when a ``layers.retry`` inside this layer turned it into an
+    outcome, its text in ``rxqueue.error``). Give it first, so that its span covers
+    the other layers. ``tracer_provider``: the global one when None.
+
+    Needs opentelemetry-api (``pip install 'rxqueue[otel]'``), imported only here.
+    """
+    from rxqueue.tracing import opentelemetry_layer
+
+    return opentelemetry_layer(tracer_provider)
