@@ -32,6 +32,7 @@ from rxqueue.errors import (
     UnsupportedOperation,
     WorkerError,
 )
+from rxqueue.stats import QueueStats
 from rxqueue.streams import Doorbell, Wakeup, from_async_iterable, poll, to_async_iterable
 from rxqueue.task import (
     ACTIVE,
@@ -93,6 +94,7 @@ __all__ = [
     "Outcome",
     "Progress",
     "PushOptions",
+    "QueueStats",
     "Retry",
     "RetryAfter",
     "RunSummary",

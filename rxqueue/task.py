@@ -125,6 +125,12 @@ class Task(Generic[T]):
     def is_terminal(self) -> bool:
         return self.status in TERMINAL
 
+    def _repr_html_(self) -> str:
+        """A notebook shows a task as a table of its fields (see :mod:`rxqueue._html`)."""
+        from rxqueue._html import task_table
+
+        return task_table(self)
+
 
 FIELDS: Final = tuple(Task.__dataclass_fields__)
 _SETTERS: Final = {name: getattr(Task, name).__set__ for name in FIELDS}

@@ -51,6 +51,7 @@ from rxqueue.errors import (
     TaskNotFound,
     UnsupportedOperation,
 )
+from rxqueue.stats import QueueStats
 from rxqueue.streams import Doorbell, Wakeup, poll, track
 from rxqueue.task import (
     DEFAULT_MAX_ATTEMPTS,
@@ -508,13 +509,14 @@ class Backend(ABC):
                     local.unwatch(task_id, signal)
                 delay = poll_interval if woken else min(1.0, delay * 2)
 
-    async def stats(self) -> dict[Status, int]:
-        """How many tasks of this queue are in each status (every status present)."""
+    async def stats(self) -> QueueStats:
+        """How many tasks of this queue are in each status (every status present): a
+        dict, shown as a table in notebooks."""
         self._require(Capability.LIST)
         await self.open()
         counts = dict.fromkeys(Status, 0)
         counts.update(await self._stats())
-        return counts
+        return QueueStats(counts, queue=self.queue)
 
     async def _stats(self) -> dict[Status, int]:
         raise NotImplementedError

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from rxqueue._html import table
 from rxqueue.task import TaskId
 
 
@@ -37,6 +38,20 @@ class RunSummary:
     @property
     def tasks_per_second(self) -> float:
         return self.processed / self.elapsed if self.elapsed > 0 else 0.0
+
+    def _repr_html_(self) -> str:
+        """A notebook shows a summary as a table."""
+        rows = [
+            ("done", self.done),
+            ("retried", self.retried),
+            ("killed", self.killed),
+            ("cancelled", self.cancelled),
+            ("released", self.released),
+            ("lost", self.lost),
+            ("elapsed", f"{self.elapsed:.3f} s"),
+            ("tasks/s", f"{self.tasks_per_second:,.0f}"),
+        ]
+        return table(rows, caption="RunSummary")
 
 
 @dataclass(frozen=True, slots=True)
