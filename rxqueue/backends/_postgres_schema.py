@@ -28,7 +28,7 @@ import asyncpg
 
 from rxqueue.errors import BackendError, BackendUnavailable, InvalidOption, SchemaError
 
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MAX_SCHEMA: Final = 48  # channel names (<schema>_<hash>_d) must fit in 63 bytes
@@ -161,6 +161,87 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         "ALTER TABLE {s}.tasks ADD COLUMN progress double precision",
         "ALTER TABLE {s}.tasks ADD COLUMN progress_note text",
     ),
+    # Dependencies (workflows): a Waiting status, held by `waiting` unfinished parents
+    # listed in task_edges. Two flags keep plain tasks out of it: `has_dependencies`
+    # (the claim assembles inputs only for those) and `has_dependants` (the trigger
+    # fires only for those). Columns with constant defaults: no table rewrite.
+    6: (
+        """
+        ALTER TABLE {s}.tasks ADD COLUMN waiting integer NOT NULL DEFAULT 0,
+            ADD COLUMN has_dependencies boolean NOT NULL DEFAULT false,
+            ADD COLUMN has_dependants boolean NOT NULL DEFAULT false
+        """,
+        """
+        ALTER TABLE {s}.tasks DROP CONSTRAINT tasks_status_check,
+            ADD CONSTRAINT tasks_status_check CHECK (status IN ('Pending', 'Queued',
+                'Running', 'Done', 'Failed', 'Killed', 'Cancelled', 'Waiting'))
+        """,
+        # child waits for parent; `position` orders the child's inputs. Kept until
+        # the child is vacuumed, so a retried child still gets its inputs.
+        """
+        CREATE TABLE {s}.task_edges (
+            child    text    NOT NULL,
+            position integer NOT NULL,
+            parent   text    NOT NULL,
+            PRIMARY KEY (child, position)
+        )
+        """,
+        "CREATE INDEX task_edges_parent ON {s}.task_edges (parent)",
+        # family(run_id): a workflow's steps are "<run_id>/<step>"; byte-wise
+        # (pattern) order, whatever the database's collation. Plain ids have no "/".
+        """
+        CREATE INDEX tasks_family ON {s}.tasks (id text_pattern_ops)
+        WHERE strpos(id, '/') > 0
+        """,
+        # The join lives in the store, so every path that ends a task (acks, kill,
+        # cancel, expired leases, other tools) keeps it, in the same transaction.
+        # A parent Done: its waiting children count down (row locks serialise
+        # concurrent parents); at zero one is released, its delay counting from
+        # the parent's done_at, and workers of its queue are woken
+        # (<schema>_released, payload: the queue). A parent Killed or Cancelled:
+        # its waiting children end Killed, naming the task that failed first;
+        # their own trigger carries it down the graph.
+        """
+        CREATE FUNCTION {s}.tasks_settle() RETURNS trigger LANGUAGE plpgsql AS $$
+        DECLARE
+            woken integer;
+        BEGIN
+            IF NEW.status = 'Done' THEN
+                WITH released AS (
+                    UPDATE {s}.tasks AS c SET waiting = c.waiting - 1,
+                        status = CASE WHEN c.waiting = 1 THEN 'Pending' ELSE c.status END,
+                        run_at = CASE WHEN c.waiting = 1
+                                      THEN NEW.done_at + (c.run_at - c.created_at)
+                                      ELSE c.run_at END
+                    WHERE c.id IN (SELECT e.child FROM {s}.task_edges AS e
+                                   WHERE e.parent = NEW.id)
+                      AND c.status = 'Waiting'
+                    RETURNING c.queue, c.status
+                )
+                SELECT count(pg_notify(TG_TABLE_SCHEMA || '_released', q.queue)) INTO woken
+                FROM (SELECT DISTINCT queue FROM released WHERE status = 'Pending') AS q;
+            ELSE
+                UPDATE {s}.tasks AS c SET status = 'Killed', waiting = 0,
+                    done_at = NEW.done_at,
+                    last_error = CASE WHEN NEW.last_error LIKE 'dependency %'
+                        THEN NEW.last_error
+                        ELSE 'dependency ' || NEW.id || ' ended ' || NEW.status
+                             || coalesce(': ' || NEW.last_error, '') END
+                WHERE c.id IN (SELECT e.child FROM {s}.task_edges AS e
+                               WHERE e.parent = NEW.id)
+                  AND c.status = 'Waiting';
+            END IF;
+            RETURN NULL;
+        END
+        $$
+        """,
+        """
+        CREATE TRIGGER tasks_settle AFTER UPDATE OF status ON {s}.tasks FOR EACH ROW
+        WHEN (NEW.has_dependants AND NEW.status IN ('Done', 'Killed', 'Cancelled')
+              AND OLD.status IS DISTINCT FROM NEW.status)
+        EXECUTE FUNCTION {s}.tasks_settle()
+        """,
+    ),
 }
 
 _VERSION_TABLE: Final = """
@@ -170,7 +251,7 @@ CREATE TABLE {s}.migrations (
     rxqueue    text
 )
 """
-_TABLES: Final = ("tasks", "workers", "waiters")
+_TABLES: Final = ("tasks", "workers", "waiters", "task_edges")
 
 
 def schema_sql(schema: str = "rxqueue") -> str:

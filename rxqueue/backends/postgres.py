@@ -65,7 +65,7 @@ from rxqueue.backends.base import (
     frees_room,
 )
 from rxqueue.clock import Clock, system_clock
-from rxqueue.codec import DEFAULT_CODEC, Codec
+from rxqueue.codec import DEFAULT_CODEC, Codec, encode_list
 from rxqueue.errors import (
     BackendClosed,
     BackendError,
@@ -74,6 +74,7 @@ from rxqueue.errors import (
     InvalidTransition,
     TaskExists,
     TaskNotFound,
+    UnsupportedOperation,
     WorkerError,
 )
 from rxqueue.streams import Doorbell
@@ -106,8 +107,16 @@ _ASKED: Final = "cancel_reason IS NOT NULL"  # a claimed task was asked to cance
 # $1 worker, $2 now, $3 queue, $4 limit. ``id = ANY(ARRAY(subquery))`` rather than
 # ``id IN (subquery)``: the subquery runs once and the update finds its rows by primary
 # key; with IN the planner may hash-join against a sequential scan of the whole table.
+# A task that depended on others comes back with their results, in order (``inputs``,
+# NULL for every other task: the CASE spares plain tasks the subquery). The claim's
+# snapshot sees them: a task is released in the transaction of its last parent's Done.
+_INPUTS: Final = """
+CASE WHEN t.has_dependencies THEN ARRAY(
+    SELECT p.result FROM {s}.task_edges AS e LEFT JOIN {s}.tasks AS p ON p.id = e.parent
+    WHERE e.child = t.id ORDER BY e.position) END AS inputs
+"""
 _CLAIM: Final = f"""
-UPDATE {{s}}.tasks SET status = 'Queued', lock_by = $1, lock_at = $2
+UPDATE {{s}}.tasks AS t SET status = 'Queued', lock_by = $1, lock_at = $2
 WHERE id = ANY(ARRAY(
     SELECT id FROM {{s}}.tasks
     WHERE queue = $3 AND {_READY} AND run_at <= $2
@@ -115,7 +124,7 @@ WHERE id = ANY(ARRAY(
     LIMIT $4
     FOR UPDATE SKIP LOCKED
 ))
-RETURNING {_COLUMNS}
+RETURNING {_COLUMNS}, {_INPUTS}
 """
 # Limits: a claim under rate_limit / max_running is a transaction that first locks
 # the queue's limits row, so such claims run one at a time, each seeing the tasks
@@ -130,7 +139,7 @@ ON CONFLICT (queue) DO NOTHING
 """
 _CLAIM_LIMITED: Final = f"""
 WITH claimed AS (
-    UPDATE {{s}}.tasks SET status = 'Queued', lock_by = $1, lock_at = $2
+    UPDATE {{s}}.tasks AS t SET status = 'Queued', lock_by = $1, lock_at = $2
     WHERE id = ANY(ARRAY(
         SELECT id FROM {{s}}.tasks
         WHERE queue = $3 AND {_READY} AND run_at <= $2
@@ -139,7 +148,7 @@ WITH claimed AS (
             SELECT count(*) FROM {{s}}.tasks WHERE queue = $3 AND {_ACTIVE})))
         FOR UPDATE SKIP LOCKED
     ))
-    RETURNING {_COLUMNS}
+    RETURNING {_COLUMNS}, {_INPUTS}
 ), spent AS (
     UPDATE {{s}}.limits SET tokens = greatest(0, $6::float8 - (SELECT count(*) FROM claimed)),
         updated_at = $7
@@ -213,6 +222,67 @@ _KEY_HOLDERS: Final = """
 SELECT unique_key, id FROM {s}.tasks WHERE queue = $1 AND unique_key = ANY($2::text[])
 """
 
+# Dependencies (workflows), in one transaction: flag and lock the stored parents (in
+# id order; a parent being acked is waited for, then seen as it ended), insert the
+# tasks (those with dependencies Waiting) and their edges, then kill those with a
+# failed parent and count down those with parents already Done. The schema's
+# trigger (tasks_settle) does the rest whenever a flagged parent ends, by any path.
+# $1 parent ids.
+_LOCK_PARENTS: Final = """
+UPDATE {s}.tasks SET has_dependants = true
+WHERE id = ANY(ARRAY(SELECT id FROM {s}.tasks WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE))
+RETURNING id, status, last_error
+"""
+# Every column, each its own array (queues too: a workflow's steps may go elsewhere).
+_INSERT_GRAPH: Final = """
+INSERT INTO {s}.tasks (id, queue, args, attempts, max_attempts, priority, run_at,
+                       created_at, last_error, metadata, status, waiting,
+                       has_dependencies, has_dependants)
+SELECT i, q, a, n, m, p, r, c, e, d::jsonb,
+       CASE WHEN w > 0 THEN 'Waiting' ELSE 'Pending' END, w, w > 0, f
+FROM unnest($1::text[], $2::text[], $3::bytea[], $4::int[], $5::int[], $6::int[],
+            $7::float8[], $8::float8[], $9::text[], $10::text[], $11::int[], $12::bool[])
+     AS x(i, q, a, n, m, p, r, c, e, d, w, f)
+"""
+_INSERT_EDGES: Final = """
+INSERT INTO {s}.task_edges (child, position, parent)
+SELECT * FROM unnest($1::text[], $2::int[], $3::text[])
+"""
+# $1 ids, $2 reasons, $3 now: killed by a dependency that had already failed.
+_KILL_WAITING: Final = """
+UPDATE {s}.tasks AS t SET status = 'Killed', waiting = 0, last_error = k.reason, done_at = $3
+FROM unnest($1::text[], $2::text[]) AS k(id, reason)
+WHERE t.id = k.id AND t.status = 'Waiting'
+"""
+# $1 ids, $2 parents already Done, $3 now: released if that was all of them.
+_COUNT_DOWN: Final = """
+UPDATE {s}.tasks AS t SET waiting = t.waiting - k.done,
+    status = CASE WHEN t.waiting = k.done THEN 'Pending' ELSE t.status END,
+    run_at = CASE WHEN t.waiting = k.done THEN $3 + (t.run_at - t.created_at) ELSE t.run_at END
+FROM unnest($1::text[], $2::int[]) AS k(id, done)
+WHERE t.id = k.id AND t.status = 'Waiting'
+"""
+_NOTIFY_ALL: Final = "SELECT pg_notify(c, '') FROM unnest($1::text[]) AS c"
+# The join also waits for the spawned tasks, after its own inputs. $1 join, $2 spawned.
+_JOIN_MORE: Final = """
+WITH edges AS (
+    INSERT INTO {s}.task_edges (child, position, parent)
+    SELECT $1, base.next + s.ord - 1, s.id
+    FROM unnest($2::text[]) WITH ORDINALITY AS s(id, ord),
+         (SELECT coalesce(max(position) + 1, 0) AS next FROM {s}.task_edges
+          WHERE child = $1) AS base
+)
+UPDATE {s}.tasks SET waiting = waiting + cardinality($2::text[]), has_dependencies = true
+WHERE id = $1 AND status = 'Waiting'
+"""
+# family(run_id): the run and "<run_id>/..." in byte order, by the tasks_family index.
+_FAMILY: Final = f"""
+SELECT {_COLUMNS} FROM {{s}}.tasks WHERE id = $1
+UNION ALL
+SELECT {_COLUMNS} FROM {{s}}.tasks WHERE strpos(id, '/') > 0 AND id ~>=~ $2 AND id ~<~ $3
+ORDER BY created_at, id
+"""
+
 # Acks apply only while the acking worker still holds the lease. One statement: a
 # CTE per kind (each touches other rows), the ids that changed come back, so the
 # refused ones are known exactly. Completion NOTIFYs go out only for tasks that
@@ -234,6 +304,14 @@ _BY_KEY_QUEUED: Final = (
 # every acked id (1.3 million rows filtered for 1,024 acks, 200-450 ms a batch).
 _HELD: Final = f"(t.lock_by = $1 AND t.{_BY_KEY_ACTIVE}) = (a.id IS NOT NULL)"
 _UNLOCK: Final = "attempts = t.attempts + 1, lock_by = NULL, lock_at = NULL"
+# A spawning Done: its task still held by this very claim (locked until the acks).
+# $1 ids, $2 attempts, $3 worker.
+_HOLDS: Final = f"""
+SELECT t.id FROM {{s}}.tasks AS t JOIN unnest($1::text[], $2::int[]) AS a(id, attempts)
+    ON t.id = a.id AND t.attempts = a.attempts
+WHERE t.lock_by = $3 AND t.{_BY_KEY_ACTIVE}
+FOR UPDATE OF t
+"""
 _WAKE_WAITERS: Final = """
 SELECT NULL FROM (
     SELECT pg_notify({done}, CASE WHEN sum(length(w.task_id) + 1) < 7900
@@ -454,8 +532,20 @@ WITH cancelled AS (
 """
 # a claimed one keeps the request for its worker (its heartbeat reads it).
 _CANCEL_LATER: Final = "UPDATE {s}.tasks SET cancel_reason = $2 WHERE id = $1"
+# A finished parent stays while a child that has not finished may still need its
+# result; the edges of deleted children go with them.
 _VACUUM: Final = f"""
-DELETE FROM {{s}}.tasks WHERE queue = $1 AND {_FINISHED} AND done_at <= $2
+WITH gone AS (
+    DELETE FROM {{s}}.tasks AS t
+    WHERE queue = $1 AND {_FINISHED} AND done_at <= $2
+      AND (NOT has_dependants OR NOT EXISTS (
+          SELECT 1 FROM {{s}}.task_edges AS e JOIN {{s}}.tasks AS c ON c.id = e.child
+          WHERE e.parent = t.id AND c.status NOT IN ('Done', 'Killed', 'Cancelled')))
+    RETURNING id, has_dependencies
+), edges AS (
+    DELETE FROM {{s}}.task_edges WHERE child IN (SELECT id FROM gone WHERE has_dependencies)
+)
+SELECT count(*) FROM gone
 """
 _VACUUM_WAITERS: Final = """
 DELETE FROM {s}.waiters AS w
@@ -567,11 +657,23 @@ class PostgresDoorbell:
 
     check_after: float = 30.0
 
-    def __init__(self, connect: Connect, channel: str) -> None:
+    def __init__(
+        self, connect: Connect, channel: str, *, released: tuple[str, str] | None = None
+    ) -> None:
         self._connect = connect
         self.channel = channel
         self._event = asyncio.Event()
         self._handlers: dict[str, Handler] = {channel: self._rung}
+        if released is not None:
+            # (channel, queue): the schema's trigger announces there, by queue name,
+            # tasks released by their last dependency's Done (tasks_settle).
+            released_channel, queue = released
+
+            def on_released(payload: str) -> None:
+                if payload == queue:
+                    self._event.set()
+
+            self._handlers[released_channel] = on_released
         self._runner: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection | None = None
         self._listening = asyncio.Event()
@@ -877,7 +979,8 @@ class PostgresBackend(ClaimingBackend):
         async def connect() -> asyncpg.Connection:
             return await asyncpg.connect(server.dsn, **server.connect_options)
 
-        return PostgresDoorbell(connect, self.channel)
+        released = (f"{self.schema}_released", self.queue)
+        return PostgresDoorbell(connect, self.channel, released=released)
 
     def _bell(self) -> PostgresDoorbell | None:
         bell = self._local().doorbell
@@ -955,9 +1058,14 @@ class PostgresBackend(ClaimingBackend):
         corrupt: list[tuple[str, str, int]] = []
         for row in rows:
             try:
-                tasks.append(read_claimed(row))
+                task = read_claimed(row)
             except (ValueError, TypeError) as exc:
                 corrupt.append((row["id"], f"corrupt task row: {exc}", row["attempts"]))
+                continue
+            inputs = row[-1]  # the results of its dependencies, for those that had some
+            if inputs is not None:
+                task = task.evolve(args=encode_list(self.codec, inputs))
+            tasks.append(task)
         if corrupt:
             await self._fetch(
                 self._sql.acks,
@@ -1012,6 +1120,8 @@ class PostgresBackend(ClaimingBackend):
         self, tasks: Sequence[Task[Any]], payloads: Sequence[bytes], connection: Any = None
     ) -> list[TaskId]:
         ids = [task.id for task in tasks]
+        if any(task.depends_on for task in tasks):
+            return await self._store_graph(tasks, payloads, connection)
         first = tasks[0]
         alike = first.unique_key is None and all(
             task.unique_key is None
@@ -1056,6 +1166,101 @@ class PostgresBackend(ClaimingBackend):
             await self._insert(conn, ids, args, theirs=False, statement=statement)
         self._local().doorbell.notify()
         return ids
+
+    async def _store_graph(
+        self, tasks: Sequence[Task[Any]], payloads: Sequence[bytes], connection: Any
+    ) -> list[TaskId]:
+        """``_store`` for tasks of which some depend on others (see _LOCK_PARENTS)."""
+        if any(task.unique_key is not None for task in tasks):
+            raise UnsupportedOperation(
+                f"{self.where}: a push with depends_on cannot also use unique keys; push "
+                "the unique tasks in a call of their own"
+            )
+        ids = [task.id for task in tasks]
+        if connection is not None:
+            _check_connection(connection)
+            with self._translated():
+                async with connection.transaction():  # a savepoint in the caller's
+                    await self._insert_graph(connection, tasks, payloads, self.clock())
+            return ids  # fetchers wake by the NOTIFY, when (if) the caller commits
+        async with self._transaction() as conn:
+            await self._insert_graph(conn, tasks, payloads, self.clock())
+        self._local().doorbell.notify()
+        return ids
+
+    async def _insert_graph(
+        self,
+        conn: asyncpg.Connection,
+        tasks: Sequence[Task[Any]],
+        payloads: Sequence[bytes],
+        now: float,
+        joined: frozenset[TaskId] = frozenset(),
+    ) -> None:
+        """Insert ``tasks`` in the caller's transaction: those with dependencies wait
+        for the unfinished ones, are released at once if all are Done, or killed if
+        one failed. Every dependency must be stored already or among ``tasks``;
+        ``joined`` are ids some other task will wait for (their trigger must fire)."""
+        sql = self._sql
+        batch = {task.id for task in tasks}
+        parents = sorted({p for task in tasks for p in task.depends_on} - batch)
+        found: dict[TaskId, tuple[str, str | None]] = {}
+        if parents:
+            rows = await conn.fetch(sql.lock_parents, parents)
+            found = {row[0]: (row[1], row[2]) for row in rows}
+        for task in tasks:
+            unknown = [p for p in task.depends_on if p not in found and p not in batch]
+            if unknown:
+                raise InvalidOption(
+                    f"task {task.id!r} depends on {unknown[0]!r}, which is not stored: push "
+                    "the tasks it depends on first, or in the same call"
+                )
+        flagged = joined | {p for task in tasks for p in task.depends_on}
+        try:
+            await conn.execute(
+                sql.insert_graph,
+                [task.id for task in tasks],
+                [task.queue for task in tasks],
+                list(payloads),
+                [task.attempts for task in tasks],
+                [task.max_attempts for task in tasks],
+                [task.priority for task in tasks],
+                [task.run_at for task in tasks],
+                [task.created_at for task in tasks],
+                [task.last_error for task in tasks],
+                [metadata_json(task) for task in tasks],
+                [len(task.depends_on) for task in tasks],
+                [task.id in flagged for task in tasks],
+            )
+        except asyncpg.UniqueViolationError as exc:
+            match = _DUPLICATE_KEY.search(getattr(exc, "detail", None) or str(exc))
+            raise TaskExists(match.group(1) if match else "?") from None
+        dependants = [task for task in tasks if task.depends_on]
+        await conn.execute(
+            sql.insert_edges,
+            [task.id for task in dependants for _ in task.depends_on],
+            [position for task in dependants for position in range(len(task.depends_on))],
+            [parent for task in dependants for parent in task.depends_on],
+        )
+        killed: dict[TaskId, str] = {}
+        done: dict[TaskId, int] = {}
+        for task in dependants:
+            stored = [found[p] + (p,) for p in task.depends_on if p in found]
+            failed = next((each for each in stored if each[0] in ("Killed", "Cancelled")), None)
+            if failed is not None:
+                status, error, parent = failed
+                if error is not None and error.startswith("dependency "):
+                    killed[task.id] = error  # the task that failed first, up the graph
+                else:
+                    suffix = f": {error}" if error else ""
+                    killed[task.id] = f"dependency {parent} ended {status}{suffix}"
+            elif count := sum(1 for each in stored if each[0] == "Done"):
+                done[task.id] = count
+        if killed:  # first: their own dependants among ``tasks`` end Killed too
+            await conn.execute(sql.kill_waiting, list(killed), list(killed.values()), now)
+        if done:
+            await conn.execute(sql.count_down, list(done), list(done.values()), now)
+        channels = sorted({_channel_name(self.schema, task.queue) for task in tasks})
+        await conn.execute(sql.notify_all, channels)
 
     async def _store_unique(
         self,
@@ -1168,8 +1373,7 @@ class PostgresBackend(ClaimingBackend):
         # A task started and finished in one batch ends finished: one update is enough.
         started = [task.id for task in batch.started if task.id not in outcome_ids]
         ready_now = any(retry.at <= now for _, retry in batch.retried)
-        rows = await self._fetch(
-            self._sql.acks,
+        args = (
             batch.worker,
             started,
             [task.id for task, _ in batch.done],
@@ -1195,6 +1399,12 @@ class PostgresBackend(ClaimingBackend):
             [progress.note for _, progress in batch.progress],
             [task.attempts for task, _ in batch.progress],
         )
+        if batch.spawned:  # stored in the acks' transaction, before the Dones
+            async with self._transaction() as conn:
+                await self._spawn(conn, batch, now)
+                rows = await conn.fetch(self._sql.acks, *args)
+        else:
+            rows = await self._fetch(self._sql.acks, *args)
         # An update applies to its own claim only: (id, attempts) is the claim token.
         applied = {(row[0], row[1]) for row in rows if row[0] is not None}
         # In apply order (started, done, retried, killed, cancelled; batch order within a kind),
@@ -1206,11 +1416,34 @@ class PostgresBackend(ClaimingBackend):
         order += [(task.id, task.attempts) for task, _ in batch.cancelled]
         refused = [claim[0] for claim in dict.fromkeys(order) if claim not in applied]
         local = self._local()
-        if ready_now or frees_room(self.limits, batch):
+        if ready_now or batch.spawned or frees_room(self.limits, batch):
             local.doorbell.notify()
         if local.waiters:
             local.finished(batch.finished)
         return refused
+
+    async def _spawn(self, conn: asyncpg.Connection, batch: AckBatch, now: float) -> None:
+        """Store what each Done of ``batch`` spawns, if its task is still held by this
+        claim (locked, so that its Done, next in this transaction, is recorded too)."""
+        parents = [parent for parent, _, _ in batch.spawned]
+        rows = await conn.fetch(
+            self._sql.holds,
+            [task.id for task in parents], [task.attempts for task in parents], batch.worker,
+        )  # fmt: skip
+        held = {row[0] for row in rows}
+        spawned: list[Task[Any]] = []
+        joins: list[tuple[TaskId, list[TaskId]]] = []
+        for parent, tasks, join in batch.spawned:
+            if parent.id in held and tasks:
+                spawned += tasks
+                if join is not None:
+                    joins.append((join, [task.id for task in tasks]))
+        if not spawned:
+            return
+        joined = frozenset(task_id for _, ids in joins for task_id in ids)
+        await self._insert_graph(conn, spawned, [task.args for task in spawned], now, joined)
+        for join, ids in joins:
+            await conn.execute(self._sql.join_more, join, ids)
 
     async def release(self, tasks: Sequence[Task[Any]], worker: str) -> None:
         ids = [task.id for task in tasks]
@@ -1326,7 +1559,7 @@ class PostgresBackend(ClaimingBackend):
             if found is None:
                 raise TaskNotFound(f"no task {task_id!r} in queue {self.queue!r}")
             status = Status(found)
-            if status in READY:
+            if status in READY or status is Status.WAITING:
                 error = f"cancelled: {reason}"
                 await conn.execute(sql.cancel_now, task_id, error, self.clock(), self.done_channel)
                 return Status.CANCELLED
@@ -1337,9 +1570,14 @@ class PostgresBackend(ClaimingBackend):
     async def _vacuum(self, older_than: float) -> int:
         cutoff = self.clock() - older_than
         async with self._transaction() as conn:
-            status = await conn.execute(self._sql.vacuum, self.queue, cutoff, timeout=None)
+            deleted: int = await conn.fetchval(self._sql.vacuum, self.queue, cutoff, timeout=None)
             await conn.execute(self._sql.vacuum_waiters, timeout=None)
-        return int(status.rsplit(" ", 1)[-1])
+        return deleted
+
+    async def _family(self, run_id: TaskId) -> list[Task[Any]]:
+        # "0" follows "/": the ids "<run_id>/..." are those in [run_id/, run_id0).
+        rows = await self._fetch(self._sql.family, run_id, f"{run_id}/", f"{run_id}0")
+        return [read_shown(row) for row in rows]
 
     async def has_work(self, horizon: float) -> bool:
         rows = await self._fetch(self._sql.has_work, self.queue, self.clock() + horizon)
@@ -1426,6 +1664,15 @@ class _Statements:
         self.cancel_later = sql(_CANCEL_LATER)
         self.vacuum = sql(_VACUUM)
         self.vacuum_waiters = sql(_VACUUM_WAITERS)
+        self.notify_all = _NOTIFY_ALL
         self.has_work = sql(_HAS_WORK)
         self.wait_on = sql(_WAIT_ON)
         self.wait_off = sql(_WAIT_OFF)
+        self.lock_parents = sql(_LOCK_PARENTS)
+        self.insert_graph = sql(_INSERT_GRAPH)
+        self.insert_edges = sql(_INSERT_EDGES)
+        self.kill_waiting = sql(_KILL_WAITING)
+        self.count_down = sql(_COUNT_DOWN)
+        self.holds = sql(_HOLDS)
+        self.join_more = sql(_JOIN_MORE)
+        self.family = sql(_FAMILY)
