@@ -328,6 +328,101 @@ async def test_a_version_2_schema_with_tasks_in_every_status_upgrades_for_cancel
         await conn.close()
 
 
+async def test_a_version_5_schema_upgrades_for_dependencies(schema: str) -> None:
+    s = pg_schema.quote(schema)
+    conn = await asyncpg.connect(URL)
+    try:
+        async with conn.transaction():
+            await conn.execute(f"CREATE SCHEMA {s}")
+            await conn.execute(pg_schema._VERSION_TABLE.format(s=s))
+            for step in range(1, 6):
+                for statement in pg_schema.MIGRATIONS[step]:
+                    await conn.execute(statement.format(s=s))
+                await conn.execute(f"INSERT INTO {s}.migrations (version) VALUES ({step})")
+            await conn.executemany(
+                f"INSERT INTO {s}.tasks ({V2_COLUMNS.replace('::text', '')}) VALUES "
+                "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15::jsonb, "
+                "$16, $17)",
+                V2_ROWS,
+            )
+        async with PostgresBackend(URL, schema=schema, pool_max_size=2) as b:
+            assert (await b.stats())[Status.WAITING] == 0  # opened: migrated
+            rows = await conn.fetch(
+                f"SELECT id, waiting, has_dependencies, has_dependants FROM {s}.tasks"
+            )
+            assert sorted(tuple(row) for row in rows) == sorted(
+                (row[0], 0, False, False) for row in V2_ROWS
+            )
+            versions = await conn.fetch(f"SELECT version FROM {s}.migrations ORDER BY version")
+            assert [row[0] for row in versions] == list(range(1, pg_schema.SCHEMA_VERSION + 1))
+            # An old task becomes a dependency; the old Done one counts as done.
+            child = rxqueue.Task(args="c", depends_on=("pending", "done"))
+            await b.send(child)
+            got = await b.get(child.id)
+            assert got is not None and got.status is Status.WAITING
+            [task] = [t for t in await b._claim("w", 10) if t.id == "pending"]
+            await b.report(rxqueue.acks.AckBatch("w", done=[(task, b'"fresh"')]))
+            claimed = [t for t in await b._claim("w", 10) if t.id == child.id]
+            assert [b.codec.decode(t.args) for t in claimed] == [["fresh", "ok"]]
+    finally:
+        await conn.close()
+
+
+# --- dependencies under concurrency ---------------------------------------------------------
+
+
+async def test_two_workers_finishing_two_parents_of_each_child_release_it_once(
+    schema: str,
+) -> None:
+    """Row locks, not luck: whatever the interleaving, no count-down is lost and no
+    child is released twice (a lost one leaves it Waiting; a double, waiting < 0)."""
+    async with PostgresBackend(URL, schema=schema, pool_max_size=8) as backend:
+        tasks: list[rxqueue.Task[Any]] = []
+        for n in range(200):
+            left, right = rxqueue.Task(args=n, priority=1), rxqueue.Task(args=-n)
+            tasks += [left, right, rxqueue.Task(args="join", depends_on=(left.id, right.id))]
+        await backend.send_many(tasks)
+        lefts = await backend._claim("a", 200)  # the left parents (priority 1)
+        rights = await backend._claim("b", 200)
+        assert {backend.codec.decode(task.args) >= 0 for task in lefts} == {True}
+        assert len(rights) == 200
+
+        async def finish(worker: str, claimed: list[rxqueue.Task[Any]]) -> None:
+            # Both in the same child order, so that they meet on the same children.
+            by_child = sorted(claimed, key=lambda task: abs(backend.codec.decode(task.args)))
+            for start in range(0, len(by_child), 5):
+                chunk = by_child[start : start + 5]
+                batch = rxqueue.acks.AckBatch(worker, done=[(task, b"1") for task in chunk])
+                assert list(await backend.report(batch)) == []
+
+        await asyncio.gather(finish("a", lefts), finish("b", rights))
+        rows = await sql(
+            f'SELECT status, waiting, count(*) FROM "{schema}".tasks '
+            "WHERE has_dependencies GROUP BY 1, 2"
+        )
+        assert [tuple(row) for row in rows] == [("Pending", 0, 200)]
+        children = await backend._claim("w", 500)
+        assert len(children) == 200
+        assert {backend.codec.decode(task.args) == [1, 1] for task in children} == {True}
+
+
+async def test_a_child_pushed_while_its_parent_finishes_is_never_stranded(schema: str) -> None:
+    """The push locks its stored parents: a Done in flight is waited for and seen."""
+    async with PostgresBackend(URL, schema=schema, pool_max_size=8) as backend:
+        parents = [rxqueue.Task(args=n) for n in range(40)]
+        await backend.send_many(parents)
+        claimed = await backend._claim("w", 40)
+        children = [rxqueue.Task(args="c", depends_on=(task.id,)) for task in claimed]
+        await asyncio.gather(
+            *(backend.report(rxqueue.acks.AckBatch("w", done=[(t, b"2")])) for t in claimed),
+            *(backend.send(child) for child in children),
+        )
+        rows = await sql(
+            f'SELECT status, count(*) FROM "{schema}".tasks WHERE has_dependencies GROUP BY 1'
+        )
+        assert [tuple(row) for row in rows] == [("Pending", 40)]
+
+
 # --- claiming --------------------------------------------------------------------------------
 
 
