@@ -18,6 +18,7 @@ import signal
 import sys
 import time
 import traceback
+from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks.common import ROOT, Report, Verdict, code_version, summary_table
@@ -100,14 +101,18 @@ def run(scenario: Scenario, args: argparse.Namespace) -> Report:
     settings = scenario.settings(args.size, args.repeat, args.quick)
     sized = "" if settings.size is None else f", --size {settings.size:,} ({scenario.size_help})"
     print(f"## {scenario.name}: {scenario.title} (--repeat {settings.repeat}{sized})\n", flush=True)
+    started = datetime.now(UTC)
     report = scenario.run(settings)
+    elapsed = (datetime.now(UTC) - started).total_seconds()
     params = {"size": settings.size, "repeat": settings.repeat, "quick": settings.quick}
     doc = document(
         scenario.name, scenario.title, command(scenario, args), scenario.packages, params, report
     )
+    doc["created"] = started.isoformat(timespec="seconds")
+    doc["elapsed_s"] = round(elapsed, 1)
     paths = write(doc, report, args.out)
     print(summary(doc))
-    print(f"wrote {', '.join(str(p) for p in paths)}\n", flush=True)
+    print(f"wrote {', '.join(str(p) for p in paths)} ({elapsed:.0f} s)\n", flush=True)
     return report
 
 

@@ -51,8 +51,14 @@ NON_RECORDING = "OpenTelemetry tracing, no SDK (non-recording spans)"
 Attach = Callable[[rxqueue.WorkerBuilder], rxqueue.WorkerBuilder]
 
 
-async def run(n: int, attach: Attach | None = None, metrics: bool = False) -> float:
-    """tasks/s of ``run_until_idle`` over ``n`` pushed no-op tasks."""
+async def run(
+    n: int,
+    attach: Attach | None = None,
+    metrics: bool = False,
+    flush: Callable[[], object] | None = None,
+) -> float:
+    """tasks/s of ``run_until_idle`` over ``n`` pushed no-op tasks (and ``flush()``:
+    the spans' export is part of the cost)."""
     backend = rxqueue.connect("memory://")
     await backend.push_many(payloads(n))
     builder = rxqueue.WorkerBuilder("bench").backend(backend).concurrency(CONCURRENCY)
@@ -66,6 +72,8 @@ async def run(n: int, attach: Attach | None = None, metrics: bool = False) -> fl
         exported = rxqueue.metrics.prometheus(worker, CollectorRegistry())
     start = time.perf_counter()
     summary = await worker.run_until_idle()
+    if flush is not None:
+        flush()
     elapsed = time.perf_counter() - start
     if exported is not None:
         exported.close()
@@ -99,16 +107,18 @@ def recording_provider() -> tuple[Any, str]:
     )
 
 
-def tracing(*, record: bool = True) -> tuple[Attach | None, str]:
+def tracing(*, record: bool = True) -> tuple[Attach | None, str, Any]:
     """``.layer(layers.opentelemetry(...))`` and how spans are handled, or None and why not.
     ``record=False``: the API's no-op provider (non-recording spans), as with no SDK."""
     from rxqueue.worker import layers
 
     factory = getattr(layers, "opentelemetry", None)
     if factory is None:
-        return None, "not available: rxqueue.worker.layers.opentelemetry() does not exist yet"
+        reason = "not available: rxqueue.worker.layers.opentelemetry() does not exist yet"
+        return None, reason, None
     if importlib.util.find_spec("opentelemetry") is None:
-        return None, "not available: opentelemetry-api not installed (pip install -e '.[otel]')"
+        reason = "not available: opentelemetry-api not installed (pip install -e '.[otel]')"
+        return None, reason, None
     if record:
         provider, how = recording_provider()
     else:
@@ -122,8 +132,8 @@ def tracing(*, record: bool = True) -> tuple[Attach | None, str]:
             layer = factory()
             how = "the global tracer provider (none set: non-recording spans)"
     except ImportError as exc:
-        return None, f"not available: {exc}"
-    return (lambda builder: builder.layer(layer)), how
+        return None, f"not available: {exc}", None
+    return (lambda builder: builder.layer(layer)), how, provider
 
 
 def main(n: int = 100_000, repeat: int = 5) -> Report:
@@ -135,17 +145,22 @@ def main(n: int = 100_000, repeat: int = 5) -> Report:
         skipped.append(Skipped(PROMETHEUS, reason))
     else:
         runs[PROMETHEUS] = lambda: asyncio.run(run(n, metrics=True))
-    attach, how = tracing()
+    attach, how, provider = tracing()
     if attach is None:
         skipped.append(Skipped(OPENTELEMETRY, how))
     else:
-        runs[OPENTELEMETRY] = lambda: asyncio.run(run(n, attach))
+        flush = getattr(provider, "force_flush", None)
+        runs[OPENTELEMETRY] = lambda: asyncio.run(run(n, attach, flush=flush))
         notes[OPENTELEMETRY] = how
-        bare, bare_how = tracing(record=False)
+        bare, bare_how, _ = tracing(record=False)
         if bare is not None and how.startswith("spans recorded"):
             runs[NON_RECORDING] = lambda: asyncio.run(run(n, bare))
             notes[NON_RECORDING] = bare_how
-    results = interleave(runs, repeat)
+    try:
+        results = interleave(runs, repeat)
+    finally:
+        if hasattr(provider, "shutdown"):
+            provider.shutdown()  # the span processor's thread
     table = rate_table(
         f"Observability cost: memory backend, {n:,} no-op tasks, concurrency {CONCURRENCY}, "
         f"median of {repeat}",

@@ -47,6 +47,7 @@ import orjson
 
 from benchmarks.common import (
     ROOT,
+    Kind,
     Report,
     Skipped,
     Table,
@@ -97,7 +98,7 @@ class Sizes:
     big_run: int = 20_000  # tasks claimed per run, over the big queue and a small one
 
 
-QUICK = Sizes(5_000, 20_000, 30, 0.02, 1.0, 2.0, 1.0, 100_000, 5_000)
+QUICK = Sizes(2_000, 20_000, 30, 0.02, 1.0, 2.0, 1.0, 50_000, 2_500)
 
 
 def available(module: str) -> bool:
@@ -1088,7 +1089,7 @@ def idle(dsn: str, schemas: Schemas, sizes: Sizes, repeat: int) -> Report:
         "rxqueue: a 1 s poll once backed off, LISTEN on a dedicated connection, a heartbeat "
         "every 10 s; pgqueuer: continuous mode; procrastinate: wait=True",
     ]
-    kinds = {"rxqueue": "rxqueue", "pgqueuer": "peer", "procrastinate": "peer"}
+    kinds: dict[str, Kind] = {"rxqueue": "rxqueue", "pgqueuer": "peer", "procrastinate": "peer"}
     measured = {name: by_mode[mode] for name, mode in IDLE_MODES.items() if by_mode[mode]}
     rows = rows_of(
         {f"PostgreSQL {name}": [f.cpu_share * 100 for f in figures]

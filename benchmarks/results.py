@@ -201,7 +201,9 @@ def chart(doc: dict[str, Any], path: Path) -> None:
         for y, (value, row) in enumerate(zip(medians, rows, strict=True)):
             end = max(value, row["max"] or 0.0)  # right of the whisker
             axis.text(end, y, f"  {fmt(row['median'])}", va="center", fontsize=8)
-        axis.xaxis.set_major_formatter(FuncFormatter(lambda x, _: fmt(x)))
+        axis.xaxis.set_major_formatter(
+            FuncFormatter(lambda x, _: f"{x:,.0f}" if abs(x) >= 100 else f"{x:g}")
+        )
         better = "higher is better" if rows[0]["higher_is_better"] else "lower is better"
         axis.set_xlabel(f"{unit} ({better}; median, whiskers min-max)")
         axis.set_title(group, fontsize=10, loc="left")

@@ -127,7 +127,7 @@ SCENARIOS: dict[str, Scenario] = {
             "SQLite end to end and push, beside a hand-written aiosqlite loop, huey and "
             "persist-queue",
             run_sqlite,
-            (50_000, 5_000),
+            (50_000, 3_000),
             (3, 2),
             ("aiosqlite", "huey", "persist-queue"),
         ),
@@ -136,7 +136,7 @@ SCENARIOS: dict[str, Scenario] = {
             "PostgreSQL end to end, push and claims over many pending, beside a "
             "hand-written asyncpg loop, pgqueuer and procrastinate",
             run_postgres,
-            (20_000, 5_000),
+            (20_000, 2_000),
             (3, 1),
             ("asyncpg", "pgqueuer", "procrastinate", "psycopg"),
         ),
