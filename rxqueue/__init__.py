@@ -56,6 +56,7 @@ from rxqueue.worker.builder import WorkerBuilder
 from rxqueue.worker.context import TaskContext, WorkerContext
 from rxqueue.worker.events import RunSummary
 from rxqueue.worker.monitor import Monitor
+from rxqueue.worker.progress import ProgressBar
 from rxqueue.worker.worker import Worker, WorkerSettings
 
 __version__ = "0.1.0"
@@ -93,6 +94,7 @@ __all__ = [
     "Monitor",
     "Outcome",
     "Progress",
+    "ProgressBar",
     "PushOptions",
     "QueueStats",
     "Retry",

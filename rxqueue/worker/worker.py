@@ -47,6 +47,7 @@ from rxqueue.worker import events as ev
 from rxqueue.worker.context import TaskContext, WorkerContext
 from rxqueue.worker.handler import HandlerSpec
 from rxqueue.worker.layers import Layer, Next, compose, describe, failure_outcome
+from rxqueue.worker.progress import ProgressBar, watch_progress
 
 Item = Task[Any] | list[Task[Any]]
 _R = TypeVar("_R")
@@ -100,11 +101,17 @@ def _interrupted(task: Task[Any], now: float) -> Outcome:
 @dataclass(frozen=True, slots=True)
 class WorkerStatistics:
     """A snapshot of a worker (:meth:`Worker.statistics`): attempts running now and
-    tasks claimed but not started yet; both 0 while the worker is not running."""
+    tasks claimed but not started yet, and the outcomes the store has recorded in
+    this run so far (as :class:`~rxqueue.worker.events.RunSummary` counts them);
+    all 0 while the worker is not running."""
 
     running: bool
     in_flight: int
     buffered: int
+    done: int = 0
+    retried: int = 0
+    killed: int = 0
+    cancelled: int = 0
 
 
 class WorkerStopped(Exception):
@@ -195,7 +202,9 @@ class Worker:
         run = self._run
         if run is None:
             return WorkerStatistics(running=False, in_flight=0, buffered=0)
-        return WorkerStatistics(running=True, in_flight=run.in_flight, buffered=run.ctx.buffered)
+        return WorkerStatistics(
+            True, run.in_flight, run.ctx.buffered, run.done, run.retried, run.killed, run.cancelled
+        )
 
     def stop(self) -> None:
         """Ask a running worker to stop: no new claims; running handlers may finish."""
@@ -209,13 +218,34 @@ class Worker:
         run = self._run
         return run is not None and run.cancel_attempt(task_id, reason)
 
-    async def run(self, *, handle_signals: bool = True) -> ev.RunSummary:
-        """Run until :meth:`stop`, SIGINT/SIGTERM, or the fetcher completes."""
-        return await _Run(self, until_idle=False, handle_signals=handle_signals).execute()
+    async def run(
+        self, *, handle_signals: bool = True, progress: bool | ProgressBar | None = None
+    ) -> ev.RunSummary:
+        """Run until :meth:`stop`, SIGINT/SIGTERM, or the fetcher completes.
 
-    async def run_until_idle(self) -> ev.RunSummary:
-        """Run until nothing is ready, in flight, or due within ``idle_horizon`` seconds."""
-        return await _Run(self, until_idle=True, handle_signals=False).execute()
+        ``progress``: show a progress bar (tqdm); None shows one only when someone
+        watches (a terminal or a notebook), see :mod:`rxqueue.worker.progress`.
+        """
+        run = _Run(self, until_idle=False, handle_signals=handle_signals)
+        return await self._watched(run, progress)
+
+    async def run_until_idle(self, *, progress: bool | ProgressBar | None = None) -> ev.RunSummary:
+        """Run until nothing is ready, in flight, or due within ``idle_horizon`` seconds.
+
+        ``progress`` as for :meth:`run`; the bar's total is the count of ready tasks.
+        """
+        return await self._watched(_Run(self, until_idle=True, handle_signals=False), progress)
+
+    async def _watched(self, run: _Run, progress: bool | ProgressBar | None) -> ev.RunSummary:
+        watch = await watch_progress(self, progress, until_idle=run.until_idle)
+        if watch is None:
+            return await run.execute()
+        summary = None
+        try:
+            summary = await run.execute()
+        finally:
+            watch.close(summary)
+        return summary
 
     def __repr__(self) -> str:
         return f"Worker({self.name!r}, backend={self.backend!r})"
