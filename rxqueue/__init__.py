@@ -58,6 +58,15 @@ from rxqueue.worker.events import RunSummary
 from rxqueue.worker.monitor import Monitor
 from rxqueue.worker.progress import ProgressBar
 from rxqueue.worker.worker import Worker, WorkerSettings
+from rxqueue.workflow import (
+    DagFlow,
+    Node,
+    Router,
+    StepStatus,
+    Workflow,
+    WorkflowStatus,
+    workflow_status,
+)
 
 __version__ = "0.1.0"
 
@@ -114,6 +123,13 @@ __all__ = [
     "Wakeup",
     "Worker",
     "WorkerBuilder",
+    "Workflow",
+    "WorkflowStatus",
+    "DagFlow",
+    "Node",
+    "Router",
+    "StepStatus",
+    "workflow_status",
     "WorkerContext",
     "WorkerError",
     "WorkerSettings",

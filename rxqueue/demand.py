@@ -97,6 +97,11 @@ class Ledger:
     def claim_size(self) -> int:
         return self.window
 
+    @property
+    def claiming(self) -> bool:
+        """Whether a claim is in progress (its tasks have not reached the ledger yet)."""
+        return self._reserved > 0
+
     def reserve(self, wanted: int) -> int:
         """Reserve up to ``wanted`` slots before claiming; returns how many were granted.
 

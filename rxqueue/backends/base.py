@@ -88,6 +88,20 @@ class Capability(enum.StrEnum):
     PROGRESS = "progress"  # await ctx.progress(...) is stored; get() shows it
     LIMITS = "limits"  # rate_limit= and max_running= hold across every worker of the queue
     # Task.depends_on waits in the store and Done(spawn=...) stores with its Done: workflows.
+    # The rules every store follows (memory, SQLite and PostgreSQL alike; the
+    # contract of DEPS_CONTRACT_PLACEHOLDER.md while it is being built):
+    # 1. A task with depends_on is stored Waiting, counting its dependencies not yet
+    #    Done; an unknown one is refused (InvalidOption), nothing stored. All Done:
+    #    released at once; one Killed or Cancelled: Killed at once.
+    # 2. A task ending Done counts its Waiting dependants down; one at zero is
+    #    released: Pending, run_at = parent's done_at + (run_at - created_at).
+    # 3. A task ending Killed or Cancelled, by any path, kills its Waiting dependants,
+    #    transitively, naming the first failed task ("dependency <id> ended <status>: ...").
+    # 4. A claimed dependant's payload is the list of its dependencies' results, in
+    #    order (codec.encode_list); the stored payload is a placeholder.
+    # 5. AckBatch.spawned: stored in the ack's transaction, before its Dones, only if
+    #    the parent is still held by that claim; the join task then also waits for them.
+    # 6. vacuum keeps a finished task while an unfinished one depends on it.
     DEPENDENCIES = "dependencies"
 
 

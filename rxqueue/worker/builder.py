@@ -17,6 +17,10 @@ from rxqueue.worker.worker import Worker, WorkerSettings
 DEFAULT_PREFETCH_CAP = 256  # adaptive claims grow no further than this by default
 
 
+async def _routed(payload: Any) -> None:
+    """Stands in for the handler of a worker whose tasks a router runs."""
+
+
 class WorkerBuilder:
     """Collects a worker's parts; :meth:`build` checks them and makes the :class:`Worker`."""
 
@@ -116,7 +120,10 @@ class WorkerBuilder:
                 f"worker {self._name!r} has no backend; add .backend(b) before .build(handler)"
             )
         backend = self._backend
-        spec = inspect_handler(handler, backend.codec)
+        # Workflows (rxqueue.workflow) bring their own innermost call: a router to steps.
+        routes = getattr(handler, "__rxqueue_invoke__", None)
+        invoke = None if routes is None else routes(backend.codec, backend.clock)
+        spec = inspect_handler(_routed if invoke else handler, backend.codec)
         base = self._concurrency * backend.batch_size_hint
         window: int | None = None
         if self._prefetch is not None:
@@ -145,6 +152,7 @@ class WorkerBuilder:
             layers=tuple(self._layers),
             data=self._data,
             sources=tuple(self._sources),
+            invoke=invoke,
         )
         for listener in self._listeners:
             worker.events.subscribe(on_next=listener)

@@ -162,6 +162,7 @@ class Worker:
         layers: Sequence[Layer] = (),
         data: dict[type, Any] | None = None,
         sources: Sequence[Observable[Any]] = (),
+        invoke: Next | None = None,
     ) -> None:
         self.name = name
         self.backend = backend
@@ -171,7 +172,8 @@ class Worker:
         self._data = dict(data or {})
         # Observables (rxqueue.sources) each run subscribes to the backend's sink.
         self.sources: tuple[Observable[Any], ...] = tuple(sources)
-        self._pipeline: Next = compose(layers, self._invoke)
+        # invoke: the innermost call when it is not the handler's (workflows' Router).
+        self._pipeline: Next = compose(layers, invoke or self._invoke)
         self._batch_pipeline: Next = compose(layers, self._invoke_batch)
         self._events: Subject[ev.Event] = Subject()
         self._running = False
@@ -766,7 +768,8 @@ class _Run:
     def _encoded(self, task: Task[Any], outcome: Done) -> Outcome:
         """Results follow the codec on every backend; one it cannot encode fails the attempt."""
         try:
-            return Done(self.worker.handler.codec.encode(outcome.result))
+            encoded = self.worker.handler.codec.encode(outcome.result)
+            return Done(encoded, outcome.spawn, outcome.join)
         except CodecError as error:
             reason = CodecError(f"the handler's result cannot be stored: {error}")
             return failure_outcome(task, reason, now=self.worker.clock())
@@ -930,7 +933,10 @@ class _Run:
             if await backend.reclaim():
                 return
             has_work = await backend.has_work(self.worker.settings.idle_horizon)
-            if not has_work and not self.buffer and not self.in_flight:
+            # A claim may have landed meanwhile (an ack that released a workflow's next
+            # step rings the doorbell): whatever it brought resets the idle marker.
+            busy = self.buffer or self.in_flight or self.ctx.in_transit or self.ctx.claiming
+            if not has_work and not busy and self.idle_marker:
                 self.stop.set()
         except Exception as exc:
             self._report_ack_error(exc, 0)
