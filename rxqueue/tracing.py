@@ -104,7 +104,7 @@ def _api() -> Any:
 def opentelemetry_layer(tracer_provider: TracerProvider | None = None) -> Layer:
     """A layer that opens one span per attempt (see ``layers.opentelemetry``)."""
     trace = _api()
-    from opentelemetry.context import Context
+    from opentelemetry.context import Context, attach, detach
     from opentelemetry.trace import Link, SpanKind, StatusCode
 
     from rxqueue import __version__
@@ -112,12 +112,14 @@ def opentelemetry_layer(tracer_provider: TracerProvider | None = None) -> Layer:
     from rxqueue.worker.layers import describe, failure_outcome
 
     tracer = trace.get_tracer("rxqueue", __version__, tracer_provider=tracer_provider)
+    start_span, set_span_in_context = tracer.start_span, trace.set_span_in_context
     extract = _w3c().extract
     consumer = SpanKind.CONSUMER
+    root = Context()  # contexts are immutable: one empty one serves every new trace
 
     def parent_of(task: Task[Any]) -> Any:
         metadata = task.metadata
-        return extract(metadata, context=Context()) if TRACEPARENT in metadata else Context()
+        return extract(metadata, context=root) if TRACEPARENT in metadata else root
 
     def links(batch: Sequence[Task[Any]]) -> list[Any]:
         """A batch's other tasks, linked to their push-time spans."""
@@ -130,53 +132,64 @@ def opentelemetry_layer(tracer_provider: TracerProvider | None = None) -> Layer:
         return found
 
     async def tracing_layer(next: Next, task: Task[Any], ctx: TaskContext) -> Outcome:
-        queue = task.queue
-        attributes: dict[str, Any] = {
-            "rxqueue.task.id": task.id,
-            "rxqueue.queue": queue,
-            "rxqueue.attempt": task.attempts + 1,
-            "rxqueue.max_attempts": task.max_attempts,
-            "rxqueue.worker": ctx.worker.name,
-            "messaging.system": "rxqueue",
-            "messaging.operation.type": "process",
-            "messaging.destination.name": queue,
-            "messaging.message.id": task.id,
-        }
-        batch = ctx.tasks
-        if len(batch) > 1:
-            attributes["rxqueue.batch.size"] = len(batch)
-            attributes["messaging.batch.message_count"] = len(batch)
-        with tracer.start_as_current_span(
-            f"rxqueue.task {queue}",
-            context=parent_of(task),
-            kind=consumer,
-            attributes=attributes,
-            links=links(batch) if len(batch) > 1 else None,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
+        queue, batch = task.queue, ctx.tasks
+        parent = parent_of(task)
+        many = len(batch) > 1
+        span = start_span(
+            f"rxqueue.task {queue}", parent, consumer, None, links(batch) if many else None
+        )
+        # A sampled-out span records nothing but carries the trace on to the handler's
+        # calls; the API without an SDK gives an invalid one, which carries nothing.
+        recording = span.is_recording()
+        if not recording and not span.get_span_context().is_valid:
+            return await next(task, ctx)
+        if recording:
+            attributes: dict[str, Any] = {
+                "rxqueue.task.id": task.id,
+                "rxqueue.queue": queue,
+                "rxqueue.attempt": task.attempts + 1,
+                "rxqueue.max_attempts": task.max_attempts,
+                "rxqueue.worker": ctx.worker.name,
+                "messaging.system": "rxqueue",
+            }
+            if many:
+                attributes["rxqueue.batch.size"] = len(batch)
+            span.set_attributes(attributes)
+        token = attach(set_span_in_context(span, parent))
+        try:
             try:
                 outcome: Outcome = await next(task, ctx)
             except BaseException as error:
-                if isinstance(error, asyncio.CancelledError) and ctx.cancelled:
-                    span.set_attribute(OUTCOME, "cancelled")
-                    raise
-                # What the worker will make of it: a retry, or killed (Abort, last attempt).
-                decided = failure_outcome(task, error, now=ctx.worker.clock())
-                span.set_attribute(OUTCOME, "retry" if isinstance(decided, Retry) else "killed")
-                span.set_attribute("rxqueue.error", describe(error))
-                span.record_exception(error)
-                span.set_status(StatusCode.ERROR, describe(error))
+                if recording:
+                    failed(span, task, ctx, error)
                 raise
-            if isinstance(outcome, Done):
-                span.set_attribute(OUTCOME, "done")
-                span.set_status(StatusCode.OK)
-            elif isinstance(outcome, Cancelled):
-                span.set_attribute(OUTCOME, "cancelled")
-            else:  # Retry or Killed, decided by a layer inside this one (layers.retry)
-                span.set_attribute(OUTCOME, "retry" if isinstance(outcome, Retry) else "killed")
-                span.set_attribute("rxqueue.error", outcome.error)
-                span.set_status(StatusCode.ERROR, outcome.error)
+            if recording:
+                finished(span, outcome)
             return outcome
+        finally:
+            detach(token)
+            span.end()
+
+    def failed(span: Any, task: Task[Any], ctx: TaskContext, error: BaseException) -> None:
+        if isinstance(error, asyncio.CancelledError) and ctx.cancelled:
+            span.set_attribute(OUTCOME, "cancelled")
+            return
+        # What the worker will make of it: a retry, or killed (Abort, last attempt).
+        decided = failure_outcome(task, error, now=ctx.worker.clock())
+        span.set_attribute(OUTCOME, "retry" if isinstance(decided, Retry) else "killed")
+        span.set_attribute("rxqueue.error", describe(error))
+        span.record_exception(error)
+        span.set_status(StatusCode.ERROR, describe(error))
+
+    def finished(span: Any, outcome: Outcome) -> None:
+        if isinstance(outcome, Done):
+            span.set_attribute(OUTCOME, "done")
+            span.set_status(StatusCode.OK)
+        elif isinstance(outcome, Cancelled):
+            span.set_attribute(OUTCOME, "cancelled")
+        else:  # Retry or Killed, decided by a layer inside this one (layers.retry)
+            span.set_attribute(OUTCOME, "retry" if isinstance(outcome, Retry) else "killed")
+            span.set_attribute("rxqueue.error", outcome.error)
+            span.set_status(StatusCode.ERROR, outcome.error)
 
     return tracing_layer

@@ -17,7 +17,8 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.trace import NoOpTracerProvider, SpanKind, StatusCode, get_current_span
 
 from rxqueue import Abort, MemoryBackend, Task, TaskContext, WorkerBuilder, layers, ops
 from rxqueue.backoff import constant
@@ -225,3 +226,36 @@ def test_pushing_imports_no_opentelemetry() -> None:
         "assert not [m for m in sys.modules if m.startswith('opentelemetry')], 'imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
+
+
+async def test_a_sampled_out_attempt_still_carries_the_trace_to_the_handler(
+    exporter: InMemorySpanExporter,
+) -> None:
+    """Nothing is recorded, but calls the handler makes go on in the push-time trace."""
+    unsampled = TracerProvider(sampler=ALWAYS_OFF)
+    unsampled.add_span_processor(SimpleSpanProcessor(exporter))
+    backend = MemoryBackend(queue="jobs")
+    with TracerProvider().get_tracer("app").start_as_current_span("enqueue") as enqueue:
+        await backend.push({"n": 1})
+    seen: list[int] = []
+
+    async def handler(job: dict[str, int]) -> None:
+        seen.append(get_current_span().get_span_context().trace_id)
+
+    summary = await worker(backend, handler, unsampled).run_until_idle()
+    assert summary.done == 1
+    assert seen == [enqueue.get_span_context().trace_id]
+    assert exporter.get_finished_spans() == ()
+    unsampled.shutdown()
+
+
+async def test_without_an_sdk_the_layer_only_passes_the_attempt_on() -> None:
+    backend = MemoryBackend(queue="jobs")
+    await backend.push({"n": 1})
+
+    async def handler(job: dict[str, int]) -> str:
+        assert not get_current_span().is_recording()
+        return "ok"
+
+    traced = worker(backend, handler, NoOpTracerProvider())
+    assert (await traced.run_until_idle()).done == 1
