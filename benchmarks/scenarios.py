@@ -174,6 +174,15 @@ SCENARIOS: dict[str, Scenario] = {
             (5, 3),
             ("prometheus-client", "opentelemetry-api", "opentelemetry-sdk"),
         ),
-        # Scenario("workflows", ...),  # <- register the workflows scenario here
+        Scenario(
+            "workflows",
+            "Workflow steps/s beside plain tasks/s: 10-step chains and a fan-out, SQLite and "
+            "PostgreSQL",
+            lambda s: importlib.import_module("benchmarks.workflows").run(s),
+            (10_000, 2_000),
+            (3, 2),
+            ("aiosqlite", "asyncpg"),
+            "plain tasks; chains: a tenth as many runs of 10 steps; fan-out: as many items",
+        ),
     )
 }
