@@ -291,6 +291,7 @@ class _Run:
         self.fetcher_error: BaseException | None = None
         self.interrupt: BaseException | None = None  # KeyboardInterrupt/SystemExit of a handler
         self.idle_marker = False
+        self.deliveries = 0  # claims that brought tasks: an idle check spanning one is void
         self.idle_check: asyncio.Task[None] | None = None
         self.updates: list[tuple[Task[Any], Update]] = []
         self.started: dict[TaskId, tuple[Task[Any], float]] = {}
@@ -480,6 +481,7 @@ class _Run:
             in_transit.pop(item.id, None)
             ctx.buffered += 1
         self.idle_marker = False
+        self.deliveries += 1
         self.buffer.append(item)
         if self.runnable <= 0 and not ctx.stopping:
             self._wake_consumer()
@@ -924,6 +926,7 @@ class _Run:
             self.idle_check = asyncio.get_running_loop().create_task(self._check_idle())
 
     async def _check_idle(self) -> None:
+        seen = self.deliveries  # a task delivered since means no idle moment
         try:
             await self._flush()
             if self.buffer or self.in_flight or self.ctx.in_transit or not self.idle_marker:
@@ -933,10 +936,13 @@ class _Run:
             if await backend.reclaim():
                 return
             has_work = await backend.has_work(self.worker.settings.idle_horizon)
-            # A claim may have landed meanwhile (an ack that released a workflow's next
-            # step rings the doorbell): whatever it brought resets the idle marker.
-            busy = self.buffer or self.in_flight or self.ctx.in_transit or self.ctx.claiming
-            if not has_work and not busy and self.idle_marker:
+            if not has_work and self.ctx.claiming:
+                # A claim ran meanwhile (an ack that released a workflow's next step
+                # rings the doorbell) and may hold what has_work no longer sees: let it
+                # land; whatever it brings resets the idle marker.
+                await self.ctx.wait_fetches_done()
+            busy = self.buffer or self.in_flight or self.ctx.in_transit or self.updates
+            if not has_work and not busy and self.idle_marker and self.deliveries == seen:
                 self.stop.set()
         except Exception as exc:
             self._report_ack_error(exc, 0)
