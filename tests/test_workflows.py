@@ -216,7 +216,7 @@ async def test_filter_map_fans_out_items_and_collect_or_fold_join_them(kit: Back
     backend = await workflows_backend(kit)
 
     def split(text: str) -> list[str | None]:
-        return text.split(",") + [None]  # None items are skipped
+        return [*text.split(","), None]  # None items are skipped
 
     async def length(word: str) -> int | None:
         return None if word == "skip" else len(word)  # None results are dropped
@@ -344,7 +344,7 @@ async def test_a_backend_without_dependencies_refuses_workflows_clearly() -> Non
         .sink(lambda db, cfg: lambda task: None)
         .build()
     )
-    with pytest.raises(UnsupportedOperation, match="does not declare Capability.DEPENDENCIES"):
+    with pytest.raises(UnsupportedOperation, match=r"does not declare Capability\.DEPENDENCIES"):
         await Workflow("w").then(add_one).push(backend, 1)
 
 
