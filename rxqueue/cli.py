@@ -43,6 +43,7 @@ from rxqueue.errors import RxQueueError
 from rxqueue.task import Status, Task
 from rxqueue.worker.builder import WorkerBuilder
 from rxqueue.worker.worker import Worker
+from rxqueue.workflow import workflow_status
 
 # --- options --------------------------------------------------------------------------
 
@@ -123,6 +124,9 @@ def _parser() -> argparse.ArgumentParser:
     cancel = command("cancel", "cancel a task: at once if waiting, in its worker if running")
     cancel.add_argument("task_id")
     cancel.add_argument("--reason", default="cancelled from the command line")
+    command(
+        "workflow", "show a workflow run: every step's status, attempts and result", json=True
+    ).add_argument("run_id")
     vacuum = command("vacuum", "delete finished tasks")
     vacuum.add_argument("--older-than", type=_seconds, default=0.0, help="seconds")
     worker = command("worker", "run a worker (stop with Ctrl-C; creates the file)")
@@ -220,7 +224,7 @@ def _load_handler(spec: str) -> Callable[..., Any]:
                 f"rxqueue: cannot load handler {spec!r}: {module_name!r} has no attribute "
                 f"{attribute!r}; {hint}"
             ) from exc
-    if not callable(target):
+    if not callable(target) and not hasattr(target, "__rxqueue_invoke__"):  # or a workflow
         raise SystemExit(
             f"rxqueue: handler {spec!r} is not callable (it is {type(target).__name__} "
             f"{reprlib.repr(target)}); point it at the function that handles one task"
@@ -396,6 +400,32 @@ async def _command(args: argparse.Namespace, handler: Callable[..., Any] | None)
                 print(f"{args.task_id} is {status.value}: its worker cancels it at its next beat")
             else:
                 print(f"{args.task_id} had already finished ({status.value}); left as it is")
+        elif args.command == "workflow":
+            run = await workflow_status(backend, args.run_id)
+            if args.json:
+                _print_json(
+                    {
+                        "run_id": run.run_id,
+                        "workflow": run.workflow,
+                        "status": run.status.value,
+                        "result": run.result,
+                        "error": run.error,
+                        "steps": [
+                            {
+                                "name": step.name,
+                                "id": step.id,
+                                "queue": step.queue,
+                                "status": step.status.value,
+                                "attempts": step.attempts,
+                                "result": step.result,
+                                "last_error": step.last_error,
+                            }
+                            for step in run.steps
+                        ],
+                    }
+                )
+            else:
+                print(run)
         elif args.command == "vacuum":
             print(f"deleted {await backend.vacuum(older_than=args.older_than)} finished tasks")
         elif args.command == "worker":

@@ -341,3 +341,34 @@ def test_cancel_ends_a_waiting_task_and_says_what_happened(
     assert main(["get", url, task_id, "--json"]) == 0
     shown = orjson.loads(capsys.readouterr().out)
     assert (shown["status"], shown["last_error"]) == ("Cancelled", "cancelled: no longer wanted")
+
+
+def test_a_workflow_is_served_by_name_and_its_run_shown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    from rxqueue.backends.sqlite import SqliteBackend
+    from tests.cli_handlers import GREETING
+
+    url = f"sqlite:///{tmp_path / 'flows.db'}"
+
+    async def push() -> str:
+        async with SqliteBackend(tmp_path / "flows.db") as backend:
+            return await GREETING.push(backend, "hi")
+
+    run_id = asyncio.run(push())
+    assert main(["worker", url, "tests.cli_handlers:GREETING", "--burst"]) == 0
+    assert "done 3, retried 0, killed 0" in capsys.readouterr().out
+    assert main(["workflow", url, run_id, "--json"]) == 0
+    shown = orjson.loads(capsys.readouterr().out)
+    assert (shown["workflow"], shown["status"], shown["result"]) == ("greeting", "Done", "HI!")
+    assert [(s["name"], s["status"], s["result"]) for s in shown["steps"]] == [
+        ("1-shout", "Done", "HI"),
+        ("2-exclaim", "Done", "HI!"),
+    ]
+    assert main(["workflow", url, run_id]) == 0
+    text = capsys.readouterr().out
+    assert f"workflow greeting run {run_id}: Done" in text and "2-exclaim" in text
+    assert main(["workflow", url, "no-such-run"]) == 1
+    assert "no workflow run 'no-such-run'" in capsys.readouterr().err
