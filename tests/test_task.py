@@ -49,8 +49,10 @@ def test_tasks_are_frozen_and_evolve() -> None:
 
 
 def test_status_sets_partition_the_statuses() -> None:
-    assert set(Status) == TERMINAL | ACTIVE | READY
+    # Waiting (for dependencies) is none of them: not ready, not held, not finished.
+    assert set(Status) == TERMINAL | ACTIVE | READY | {Status.WAITING}
     assert not (TERMINAL & ACTIVE or TERMINAL & READY or ACTIVE & READY)
+    assert Status.WAITING not in TERMINAL | ACTIVE | READY
 
 
 def test_push_options_schedule_and_validate() -> None:
