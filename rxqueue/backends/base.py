@@ -554,7 +554,7 @@ class Backend(ABC):
     async def family(self, run_id: TaskId) -> builtins.list[Task[Any]]:
         """The task ``run_id`` and every task whose id starts with ``run_id + "/"``, in
         any queue of the store, oldest first: a workflow run and its steps."""
-        self._require(Capability.LIST)
+        self._require(Capability.DEPENDENCIES)
         await self.open()
         return [self._shown(task) for task in await self._family(run_id)]
 
