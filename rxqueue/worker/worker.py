@@ -98,6 +98,10 @@ def _interrupted(task: Task[Any], now: float) -> Outcome:
     return failure_outcome(task, WorkerStopped(), now=now, backoff=_AT_ONCE)
 
 
+OutcomeListener = Callable[[Task[Any], Outcome, float, float], None]
+"""``listener(task, outcome, started_at, finished_at)``: see :meth:`Worker.on_outcome`."""
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerStatistics:
     """A snapshot of a worker (:meth:`Worker.statistics`): attempts running now and
@@ -176,6 +180,7 @@ class Worker:
         self._pipeline: Next = compose(layers, invoke or self._invoke)
         self._batch_pipeline: Next = compose(layers, self._invoke_batch)
         self._events: Subject[ev.Event] = Subject()
+        self._outcome_listeners: list[OutcomeListener] = []
         self._running = False
         self._stop_requested: asyncio.Event | None = None
         self._run: _Run | None = None
@@ -186,6 +191,23 @@ class Worker:
     def events(self) -> Observable[ev.Event]:
         """Hot Observable of :mod:`rxqueue.worker.events` records."""
         return self._events
+
+    def on_outcome(self, listener: OutcomeListener) -> Callable[[], None]:
+        """Call ``listener(task, outcome, started_at, finished_at)`` for every attempt's
+        outcome, as it is recorded; returns a function that removes it.
+
+        The cheap seam for per-task accounting (metrics): a plain call on the
+        worker's hot path, where :attr:`events` builds an event object per step.
+        ``started_at`` is when the attempt began (the record time for an attempt
+        that never started); keep listeners short, they run on the event loop.
+        """
+        self._outcome_listeners.append(listener)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._outcome_listeners.remove(listener)
+
+        return remove
 
     def iter_events(self, *, maxsize: int = 10_000) -> ObservableIterator[ev.Event]:
         """The events as an async iterator: ``async for event in worker.iter_events()``.
@@ -764,7 +786,12 @@ class _Run:
             self.flush_now.set()
         else:
             self._flush_soon()
-        if self.worker._observed:
+        worker = self.worker
+        if worker._outcome_listeners:
+            finished_at = worker.clock()
+            for listener in worker._outcome_listeners:
+                listener(task, outcome, started_at, finished_at)
+        if worker._observed:
             self._emit_outcome(task, outcome, started_at)
 
     def _encoded(self, task: Task[Any], outcome: Done) -> Outcome:
