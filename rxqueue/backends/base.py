@@ -88,8 +88,8 @@ class Capability(enum.StrEnum):
     PROGRESS = "progress"  # await ctx.progress(...) is stored; get() shows it
     LIMITS = "limits"  # rate_limit= and max_running= hold across every worker of the queue
     # Task.depends_on waits in the store and Done(spawn=...) stores with its Done: workflows.
-    # The rules every store follows (memory, SQLite and PostgreSQL alike; the
-    # contract of DEPS_CONTRACT_PLACEHOLDER.md while it is being built):
+    # The rules every store follows (memory, SQLite, PostgreSQL and custom alike;
+    # tests/test_dependencies.py holds each one to them):
     # 1. A task with depends_on is stored Waiting, counting its dependencies not yet
     #    Done; an unknown one is refused (InvalidOption), nothing stored. All Done:
     #    released at once; one Killed or Cancelled: Killed at once.
