@@ -49,6 +49,7 @@ from rxqueue.workflow import workflow_status
 
 _INT64 = 2**63  # SQLite binds integers as 64-bit; larger ones would fail deep in the driver
 _STATUSES = ", ".join(status.value for status in Status)
+_STATUS_WIDTH = max(len(status.value) for status in Status)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -365,7 +366,7 @@ async def _command(args: argparse.Namespace, handler: Callable[..., Any] | None)
                 _print_json({status.value: count for status, count in counts.items()})
             else:
                 for status, count in counts.items():
-                    print(f"{status.value:<8} {count}")
+                    print(f"{status.value:<{_STATUS_WIDTH}} {count}")
         elif args.command == "list":
             tasks = await backend.list(status=args.status, limit=args.limit, offset=args.offset)
             if args.json:

@@ -39,7 +39,7 @@ def test_push_run_inspect_and_manage(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["list", url, "--queue", "greetings", "--status", "Done"]) == 0
     assert task_id in capsys.readouterr().out
     assert main(["stats", url, "--queue", "greetings"]) == 0
-    assert "Done     1" in capsys.readouterr().out
+    assert "Done      1" in capsys.readouterr().out
     assert main(["push", url, '{"name": "bob"}', "--queue", "greetings", "--delay", "60"]) == 0
     later = capsys.readouterr().out.strip()
     assert main(["kill", url, later, "--queue", "greetings"]) == 0
