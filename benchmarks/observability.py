@@ -47,6 +47,7 @@ NONE = "no layer"
 PROMETHEUS = "Prometheus metrics (rxqueue.metrics.prometheus)"
 OPENTELEMETRY = "OpenTelemetry tracing (layers.opentelemetry())"
 NON_RECORDING = "OpenTelemetry tracing, no SDK (non-recording spans)"
+SAMPLED = "OpenTelemetry tracing, SDK sampling 10% of traces"
 
 Attach = Callable[[rxqueue.WorkerBuilder], rxqueue.WorkerBuilder]
 
@@ -82,7 +83,7 @@ async def run(
     return n / elapsed
 
 
-def recording_provider() -> tuple[Any, str]:
+def recording_provider(sample: float = 1.0) -> tuple[Any, str]:
     """An SDK tracer provider that records every span and drops it in a background
     exporter, as a traced service's does minus the network; None without the SDK.
     Also what the spans are, for the notes."""
@@ -94,20 +95,23 @@ def recording_provider() -> tuple[Any, str]:
         SpanExporter,
         SpanExportResult,
     )
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
     class Drop(SpanExporter):
         def export(self, spans: Any) -> SpanExportResult:
             return SpanExportResult.SUCCESS
 
-    provider = TracerProvider()
+    if sample >= 1.0:
+        provider = TracerProvider()
+        how = "spans recorded (SDK TracerProvider, BatchSpanProcessor, exporter dropping them)"
+    else:  # what a busy service runs: a share of traces recorded, the rest passed on
+        provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(sample)))
+        how = f"SDK sampling {sample:.0%} of traces (ParentBased(TraceIdRatioBased)), as above"
     provider.add_span_processor(BatchSpanProcessor(Drop()))
-    return (
-        provider,
-        "spans recorded (SDK TracerProvider, BatchSpanProcessor, exporter dropping them)",
-    )
+    return provider, how
 
 
-def tracing(*, record: bool = True) -> tuple[Attach | None, str, Any]:
+def tracing(*, record: bool = True, sample: float = 1.0) -> tuple[Attach | None, str, Any]:
     """``.layer(layers.opentelemetry(...))`` and how spans are handled, or None and why not.
     ``record=False``: the API's no-op provider (non-recording spans), as with no SDK."""
     from rxqueue.worker import layers
@@ -120,7 +124,7 @@ def tracing(*, record: bool = True) -> tuple[Attach | None, str, Any]:
         reason = "not available: opentelemetry-api not installed (pip install -e '.[otel]')"
         return None, reason, None
     if record:
-        provider, how = recording_provider()
+        provider, how = recording_provider(sample)
     else:
         from opentelemetry.trace import NoOpTracerProvider
 
@@ -146,6 +150,7 @@ def main(n: int = 100_000, repeat: int = 5) -> Report:
     else:
         runs[PROMETHEUS] = lambda: asyncio.run(run(n, metrics=True))
     attach, how, provider = tracing()
+    providers = [provider]
     if attach is None:
         skipped.append(Skipped(OPENTELEMETRY, how))
     else:
@@ -156,11 +161,18 @@ def main(n: int = 100_000, repeat: int = 5) -> Report:
         if bare is not None and how.startswith("spans recorded"):
             runs[NON_RECORDING] = lambda: asyncio.run(run(n, bare))
             notes[NON_RECORDING] = bare_how
+            sampled, sampled_how, sampled_provider = tracing(sample=0.1)
+            if sampled is not None:
+                sampled_flush = getattr(sampled_provider, "force_flush", None)
+                runs[SAMPLED] = lambda: asyncio.run(run(n, sampled, flush=sampled_flush))
+                notes[SAMPLED] = sampled_how
+                providers.append(sampled_provider)
     try:
         results = interleave(runs, repeat)
     finally:
-        if hasattr(provider, "shutdown"):
-            provider.shutdown()  # the span processor's thread
+        for each in providers:
+            if hasattr(each, "shutdown"):
+                each.shutdown()  # the span processor's thread
     table = rate_table(
         f"Observability cost: memory backend, {n:,} no-op tasks, concurrency {CONCURRENCY}, "
         f"median of {repeat}",

@@ -27,15 +27,14 @@ poller, the event subscriptions, and unregisters the collector.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import types
-from collections.abc import Iterable, Iterator
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Self
 
 from rxqueue.backends.base import Backend, Capability
 from rxqueue.task import Cancelled, Done, Outcome, Retry, Status, Task
-from rxqueue.worker import events as ev
 from rxqueue.worker.monitor import Monitor
 from rxqueue.worker.worker import Worker
 
@@ -106,20 +105,27 @@ class PrometheusMetrics:
         # metrics take a lock per call and events build an object per step, which
         # cost 40% of no-op throughput on the memory backend.
         self._tallies = [(worker, _Tally(self._buckets)) for worker in self.workers]
-        self._removals = [worker.on_outcome(tally) for worker, tally in self._tallies]
-        self._subscriptions = [
-            worker.events.subscribe(on_next=self._on_started) for worker in self.workers
-        ]
+        self._removals = [self._count_first(worker, tally) for worker, tally in self._tallies]
         self.registry.register(self)
         with contextlib.suppress(RuntimeError):  # no running loop: the first Started does it
             self._start_poller(asyncio.get_running_loop())
 
     # --- events ---------------------------------------------------------------------
 
-    def _on_started(self, event: ev.Event) -> None:
-        # Depth is polled on the loop the workers run in, once one has started.
-        if isinstance(event, ev.Started) and self._poller is None and not self._closed:
-            self._start_poller(asyncio.get_running_loop())
+    def _count_first(self, worker: Worker, tally: _Tally) -> Callable[[], None]:
+        """Count ``worker``'s outcomes into ``tally``; the first one also starts the
+        depth poller on the loop the worker runs in, then the tally counts alone."""
+        removals: list[Callable[[], None]] = []
+
+        def first(task: Task[Any], outcome: Outcome, started: float, finished: float) -> None:
+            removals.pop()()
+            removals.append(worker.on_outcome(tally))
+            if self._poller is None and not self._closed:
+                self._start_poller(asyncio.get_running_loop())
+            tally(task, outcome, started, finished)
+
+        removals.append(worker.on_outcome(first))
+        return lambda: removals.pop()()
 
     # --- queue depth ----------------------------------------------------------------
 
@@ -205,8 +211,6 @@ class PrometheusMetrics:
         self._closed = True
         if self._poller is not None:
             self._poller.cancel()
-        for subscription in self._subscriptions:
-            subscription.dispose()
         for remove in self._removals:
             remove()
         self.registry.unregister(self)
@@ -228,11 +232,6 @@ class _Histogram:
         self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound (+Inf)
         self.total = 0.0
 
-    def observe(self, value: float) -> None:
-        value = max(0.0, value)
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1  # le: value <= bound
-        self.total += value
-
     def snapshot(self, bounds: tuple[float, ...]) -> tuple[list[tuple[str, float]], float]:
         """Cumulative ``(le, count)`` pairs, ``+Inf`` last, and the sum."""
         counts, total = list(self.counts), self.total
@@ -244,27 +243,51 @@ class _Histogram:
 
 
 class _Tally:
-    """One worker's outcome counts and histograms, updated by :meth:`Worker.on_outcome`."""
+    """One worker's outcome counts and histograms, updated by :meth:`Worker.on_outcome`.
 
-    __slots__ = ("counts", "duration", "wait")
+    This runs once per attempt on the worker's loop, so it is written for speed:
+    plain attributes and one bisect per histogram.
+    """
+
+    __slots__ = ("cancelled", "duration", "failed", "killed", "retried", "succeeded", "wait")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.counts = dict.fromkeys(_OUTCOMES, 0)
+        self.succeeded = self.failed = self.retried = self.killed = self.cancelled = 0
         self.duration = _Histogram(bounds)
         self.wait = _Histogram(bounds)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        ran = self.succeeded + self.failed
+        return {
+            "started": ran, "succeeded": self.succeeded, "failed": self.failed,
+            "retried": self.retried, "killed": self.killed, "cancelled": self.cancelled,
+        }  # fmt: skip
 
     def __call__(
         self, task: Task[Any], outcome: Outcome, started_at: float, finished_at: float
     ) -> None:
-        counts, kind = self.counts, type(outcome)
+        kind = type(outcome)
         if kind is Done:
-            counts["started"] += 1
-            counts["succeeded"] += 1
-            self.duration.observe(finished_at - started_at)
-            self.wait.observe(started_at - max(task.created_at, task.run_at))
+            self.succeeded += 1
+            took = finished_at - started_at
+            duration = self.duration
+            if took < 0.0:
+                took = 0.0
+            duration.counts[bisect_left(duration.bounds, took)] += 1  # le: took <= bound
+            duration.total += took
+            runnable = task.run_at if task.run_at > task.created_at else task.created_at
+            waited = started_at - runnable
+            wait = self.wait
+            if waited < 0.0:
+                waited = 0.0
+            wait.counts[bisect_left(wait.bounds, waited)] += 1
+            wait.total += waited
         elif kind is Cancelled:
-            counts["cancelled"] += 1
+            self.cancelled += 1
         else:
-            counts["started"] += 1
-            counts["failed"] += 1
-            counts["retried" if kind is Retry else "killed"] += 1
+            self.failed += 1
+            if kind is Retry:
+                self.retried += 1
+            else:
+                self.killed += 1
