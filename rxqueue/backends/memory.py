@@ -192,8 +192,8 @@ class MemoryBackend(ClaimingBackend):
             row.lock_at = now
             locked.add(row.id)
             task = row.snapshot()
-            if row.depends_on:
-                task = task.evolve(args=self._inputs(row))
+            if row.depends_on:  # a fresh snapshot, not yet shared: set it in place
+                object.__setattr__(task, "args", self._inputs(row))
             claimed.append(task)
         return claimed
 

@@ -127,8 +127,8 @@ ON CONFLICT (queue, unique_key) WHERE unique_key IS NOT NULL DO NOTHING
 """
 _KEY_HOLDERS = f"SELECT unique_key, id FROM tasks WHERE queue = ? AND {_KEYS}"
 
-# Dependencies: a task waits (status Waiting) until `waiting` parents are Done; the
-# schema's triggers count down, release and fail dependants (see _sqlite_schema).
+# Dependencies: a task waits (status Waiting) until `waiting` parents are Done;
+# _settle counts down, releases and fails dependants wherever a task ends.
 _INSERT_WAITING = """
 INSERT INTO tasks (id, queue, args, status, attempts, max_attempts, priority, run_at,
                    created_at, last_error, metadata, waiting)
@@ -147,6 +147,16 @@ UPDATE tasks SET waiting = waiting - ?,
     run_at = CASE WHEN waiting = ? THEN ? + (run_at - created_at) ELSE run_at END
 WHERE id = ? AND status = 'Waiting'
 """
+_ANY_EDGE = "SELECT 1 FROM task_edges LIMIT 1"
+_WAITED_FOR = """
+SELECT DISTINCT parent FROM task_edges WHERE parent IN (SELECT value FROM json_each(?))
+"""
+_ENDED = "SELECT id, status, last_error FROM tasks WHERE id IN (SELECT value FROM json_each(?))"
+_CHILDREN_COUNT = """
+SELECT child, count(*) FROM task_edges
+WHERE parent IN (SELECT value FROM json_each(?)) GROUP BY child
+"""
+_CHILDREN = "SELECT child FROM task_edges WHERE parent = ?"
 _NEXT_POSITION = "SELECT coalesce(max(position) + 1, 0) FROM task_edges WHERE child = ?"
 _JOIN_MORE = "UPDATE tasks SET waiting = waiting + ? WHERE id = ? AND status = 'Waiting'"
 _INPUTS = """
@@ -277,16 +287,13 @@ def _apply_acks(
     conn: sqlite3.Connection, batch: AckBatch, now: float
 ) -> tuple[list[TaskId], bool]:
     """Apply one ack batch (in the hop's transaction): the ids refused (lease lost),
-    and whether it released or spawned tasks (through the dependency triggers).
+    and whether it released or spawned tasks (workflow steps).
 
     Started first: a task started and finished in one batch ends finished.
     """
     worker = batch.worker
     refused: list[TaskId] = []
-    before = conn.total_changes
-    direct = 0  # rows the statements below change themselves; triggers change the rest
-    if batch.spawned:
-        direct += _spawn(conn, batch, now)
+    spawned = _spawn(conn, batch, now) if batch.spawned else False
     if batch.progress:  # not an outcome: a task no longer held just keeps its old progress
         conn.executemany(
             _PROGRESS,
@@ -309,20 +316,68 @@ def _apply_acks(
         if changed < len(rows):
             # Some lease was lost: redo this kind row by row to learn which.
             conn.execute("ROLLBACK TO acks")
-            changed = 0
             for row in rows:
                 if conn.execute(statement, row).rowcount == 0:
                     refused.append(row[-3])
-                else:
-                    changed += 1
         conn.execute("RELEASE acks")
-        direct += changed
-    return refused, conn.total_changes - before > direct
+    lost = set(refused)
+    ended = [task.id for task, _ in batch.done if task.id not in lost]
+    # A retry asked to cancel meanwhile ends Cancelled: _settle reads what each became.
+    for group in (batch.retried, batch.killed, batch.cancelled):
+        ended += [task.id for task, _ in group if task.id not in lost]
+    released = _settle(conn, ended, now) if ended else False
+    return refused, released or spawned
 
 
-def _spawn(conn: sqlite3.Connection, batch: AckBatch, now: float) -> int:
+def _settle(conn: sqlite3.Connection, ended: Sequence[TaskId], now: float) -> bool:
+    """What a task's end does to the tasks waiting for it, in the same transaction:
+    a Done counts them down and releases those with nothing left to wait for; a
+    Killed or Cancelled kills them, and theirs, naming the first failed task.
+    Every path that ends a task calls it. Returns whether any task was released.
+
+    While no task waits for another, one probe of an empty table is all it costs.
+    """
+    if conn.execute(_ANY_EDGE).fetchone() is None:
+        return False
+    ids = orjson.dumps(list(ended)).decode()
+    parents = [row[0] for row in conn.execute(_WAITED_FOR, (ids,))]
+    if not parents:
+        return False
+    released = False
+    ended_rows = conn.execute(_ENDED, (orjson.dumps(parents).decode(),)).fetchall()
+    done = [task_id for task_id, status, _ in ended_rows if status == "Done"]
+    if done:
+        counts = conn.execute(_CHILDREN_COUNT, (orjson.dumps(done).decode(),)).fetchall()
+        for child, n in counts:
+            if conn.execute(_COUNT_DOWN, (n, n, n, now, child)).rowcount:
+                released = True
+    # Failures spread breadth-first; each dependant keeps the first failure's reason.
+    frontier = [
+        (task_id, dependency_failed(task_id, status, error))
+        for task_id, status, error in ended_rows
+        if status in ("Killed", "Cancelled")
+    ]
+    while frontier:
+        following: list[tuple[TaskId, str]] = []
+        for parent, reason in frontier:
+            for (child,) in conn.execute(_CHILDREN, (parent,)).fetchall():
+                if conn.execute(_KILL_WAITING, (reason, now, child)).rowcount:
+                    following.append((child, reason))
+        frontier = following
+    return released
+
+
+def dependency_failed(task_id: TaskId, status: str, error: str | None) -> str:
+    """Why a task whose dependency ``task_id`` ended ``status`` was killed: the reason
+    of the first failure, carried down a chain of dependants unchanged."""
+    if error is not None and error.startswith("dependency "):
+        return error
+    return f"dependency {task_id} ended {status}" + (f": {error}" if error else "")
+
+
+def _spawn(conn: sqlite3.Connection, batch: AckBatch, now: float) -> bool:
     """Store what each Done of ``batch`` spawns, if its parent is still held by this
-    claim (its Done is then recorded in this transaction too); rows written."""
+    claim (its Done is then recorded in this transaction too); whether any was."""
     written = 0
     for parent, spawned, join in batch.spawned:
         held = conn.execute(_HOLDS, (parent.id, batch.worker, parent.attempts)).fetchone()
@@ -344,8 +399,8 @@ def _spawn(conn: sqlite3.Connection, batch: AckBatch, now: float) -> int:
                 _EDGE,
                 [(join, first + index, task.id) for index, task in enumerate(spawned)],
             )
-            written += len(spawned) + conn.execute(_JOIN_MORE, (len(spawned), join)).rowcount
-    return written
+            conn.execute(_JOIN_MORE, (len(spawned), join))
+    return written > 0
 
 
 def _insert_with_dependencies(
@@ -383,30 +438,26 @@ def _insert_with_dependencies(
         )
         if failed is not None:
             status, error = found[failed]
-            reason = error if (error or "").startswith("dependency ") else (
-                f"dependency {failed} ended {status}" + (f": {error}" if error else "")
-            )
-            conn.execute(_KILL_WAITING, (reason, now, task.id))
+            conn.execute(_KILL_WAITING, (dependency_failed(failed, status, error), now, task.id))
+            _settle(conn, [task.id], now)  # its own dependants in this call
             continue
         done = sum(1 for p in task.depends_on if found[p][0] == "Done")
         if done:
             conn.execute(_COUNT_DOWN, (done, done, done, now, task.id))
 
 
-def _with_inputs(
-    conn: sqlite3.Connection, tasks: list[Task[Any]], codec: Codec
-) -> list[Task[Any]]:
-    """Claimed tasks, those that depended on others with their payload made of the
-    results of those, in order (their stored payload is a placeholder)."""
-    ids = orjson.dumps([task.id for task in tasks]).decode()
+def _with_inputs(conn: sqlite3.Connection, rows: list[Row], codec: Codec) -> list[Row]:
+    """Claimed rows, those of tasks that depended on others with their payload made of
+    the results of those, in order (their stored payload is a placeholder)."""
+    ids = orjson.dumps([row[0] for row in rows]).decode()
     inputs: dict[TaskId, list[bytes | None]] = {}
     for child, result in conn.execute(_INPUTS, (ids,)):
         inputs.setdefault(child, []).append(result)
     if not inputs:
-        return tasks
-    return [
-        task if task.id not in inputs else task.evolve(args=encode_list(codec, inputs[task.id]))
-        for task in tasks
+        return rows
+    return [  # args is the third column (COLUMN_NAMES)
+        row if row[0] not in inputs else (*row[:2], encode_list(codec, inputs[row[0]]), *row[3:])
+        for row in rows
     ]
 
 
@@ -565,6 +616,8 @@ class SqliteBackend(ClaimingBackend):
                 rows = _claim_limited(
                     conn, limits, worker=worker, queue=queue, now=now, limit=limit
                 )
+            if rows:
+                rows = _with_inputs(conn, rows, codec)
             tasks: list[Task[Any]] = []
             corrupt: list[Row] = []
             for row in rows:
@@ -574,8 +627,6 @@ class SqliteBackend(ClaimingBackend):
                     corrupt.append((f"corrupt task row: {exc}", now, row[0], worker, row[4]))
             if corrupt:
                 conn.executemany(_KILLED, corrupt)
-            if tasks:
-                tasks = _with_inputs(conn, tasks, codec)
             tasks.sort(key=claim_order)
             return tasks
 
@@ -655,6 +706,8 @@ class SqliteBackend(ClaimingBackend):
                 row = conn.execute(_RELEASE, (now, task_id, worker)).fetchone()
                 if row is not None and row[0] == Status.CANCELLED:
                     cancelled.append(task_id)
+            if cancelled:
+                _settle(conn, cancelled, now)
             return cancelled
 
         cancelled = await self._write(release) if ids else []
@@ -765,6 +818,7 @@ class SqliteBackend(ClaimingBackend):
             if _status_of(conn, task_id, queue) in TERMINAL:
                 return False
             conn.execute(_KILL, (reason, now, task_id))
+            _settle(conn, [task_id], now)
             return True
 
         return await self._write(kill)
@@ -776,6 +830,7 @@ class SqliteBackend(ClaimingBackend):
             status = _status_of(conn, task_id, queue)
             if status in READY or status == Status.WAITING:
                 conn.execute(_CANCEL_NOW, (f"cancelled: {reason}", now, task_id))
+                _settle(conn, [task_id], now)
                 return Status.CANCELLED
             if status in ACTIVE:  # its worker cancels it: at once here, or at a heartbeat
                 conn.execute(_CANCEL_LATER, (reason, task_id))
@@ -868,4 +923,8 @@ def _expire(
         "lease": lease,
         "reason": f"lease expired: worker {name!r} stopped heartbeating",
     }
-    return conn.execute(_EXPIRE_ALL if lease is None else _EXPIRE_OLD, params).fetchall()
+    rows: list[Row] = conn.execute(_EXPIRE_ALL if lease is None else _EXPIRE_OLD, params).fetchall()
+    ended = [task_id for task_id, status in rows if status in ("Killed", "Cancelled")]
+    if ended:
+        _settle(conn, ended, now)
+    return rows
