@@ -202,6 +202,8 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         # its waiting children end Killed, naming the task that failed first;
         # their own trigger carries it down the graph.
         """
+        -- Children by `id = ANY(ARRAY(...))`, not `id IN (...)`: on a table never
+        -- analyzed the planner hash-joined a sequential scan of tasks (see _CLAIM).
         CREATE FUNCTION {s}.tasks_settle() RETURNS trigger LANGUAGE plpgsql AS $$
         DECLARE
             woken integer;
@@ -213,8 +215,8 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
                         run_at = CASE WHEN c.waiting = 1
                                       THEN NEW.done_at + (c.run_at - c.created_at)
                                       ELSE c.run_at END
-                    WHERE c.id IN (SELECT e.child FROM {s}.task_edges AS e
-                                   WHERE e.parent = NEW.id)
+                    WHERE c.id = ANY(ARRAY(SELECT e.child FROM {s}.task_edges AS e
+                                           WHERE e.parent = NEW.id))
                       AND c.status = 'Waiting'
                     RETURNING c.queue, c.status
                 )
@@ -227,8 +229,8 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
                         THEN NEW.last_error
                         ELSE 'dependency ' || NEW.id || ' ended ' || NEW.status
                              || coalesce(': ' || NEW.last_error, '') END
-                WHERE c.id IN (SELECT e.child FROM {s}.task_edges AS e
-                               WHERE e.parent = NEW.id)
+                WHERE c.id = ANY(ARRAY(SELECT e.child FROM {s}.task_edges AS e
+                                       WHERE e.parent = NEW.id))
                   AND c.status = 'Waiting';
             END IF;
             RETURN NULL;
