@@ -98,6 +98,7 @@ class _Call:
     takes_ctx: bool
     converters: tuple[Converter, ...]
     on_loop: bool
+    plain_inputs: bool  # every converter is identity: inputs pass as they are
 
     @classmethod
     def of(cls, fn: StepFn, arity: int, where: str) -> _Call:
@@ -132,16 +133,22 @@ class _Call:
         converters = tuple(converter_for(hints.get(p.name, Any)) for p in inputs) + (
             identity,
         ) * max(0, arity - len(inputs))
-        return cls(fn, _fn_name(fn), arity, takes_ctx, converters, _async_underneath(fn))
+        plain = all(convert is identity for convert in converters)
+        return cls(fn, _fn_name(fn), arity, takes_ctx, converters, _async_underneath(fn), plain)
 
     async def __call__(self, inputs: Sequence[Any], ctx: TaskContext) -> Any:
-        args = [convert(value) for convert, value in zip(self.converters, inputs, strict=True)]
-        fn = functools.partial(self.fn, *args, ctx=ctx) if self.takes_ctx else None
+        # Runs per step: skip the converters that do nothing (JSON values as they are).
+        if self.plain_inputs:
+            args = inputs
+        else:
+            args = [convert(value) for convert, value in zip(self.converters, inputs, strict=True)]
         if self.on_loop:
-            result = fn() if fn is not None else self.fn(*args)
+            result = self.fn(*args, ctx=ctx) if self.takes_ctx else self.fn(*args)
         else:  # a plain function runs in a thread, as plain handlers do
-            result = await asyncio.to_thread(fn or functools.partial(self.fn, *args))
+            call = functools.partial(self.fn, *args, ctx=ctx) if self.takes_ctx else None
+            result = await asyncio.to_thread(call or functools.partial(self.fn, *args))
         return (await result) if inspect.isawaitable(result) else result
+
 
 
 def _plain(signature: inspect.Signature) -> str:

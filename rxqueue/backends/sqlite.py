@@ -148,13 +148,17 @@ UPDATE tasks SET waiting = waiting - ?,
 WHERE id = ? AND status = 'Waiting'
 """
 _ANY_EDGE = "SELECT 1 FROM task_edges LIMIT 1"
-_WAITED_FOR = """
-SELECT DISTINCT parent FROM task_edges WHERE parent IN (SELECT value FROM json_each(?))
-"""
 _ENDED = "SELECT id, status, last_error FROM tasks WHERE id IN (SELECT value FROM json_each(?))"
-_CHILDREN_COUNT = """
-SELECT child, count(*) FROM task_edges
-WHERE parent IN (SELECT value FROM json_each(?)) GROUP BY child
+# $1 now, $2 the ids of tasks just Done: one statement counts all their children down.
+_COUNT_DOWN_ALL = """
+UPDATE tasks SET waiting = waiting - c.n,
+    status = CASE WHEN waiting = c.n THEN 'Pending' ELSE status END,
+    run_at = CASE WHEN waiting = c.n THEN ?1 + (run_at - created_at) ELSE run_at END
+FROM (
+    SELECT child, count(*) AS n FROM task_edges
+    WHERE parent IN (SELECT value FROM json_each(?2)) GROUP BY child
+) AS c
+WHERE tasks.id = c.child AND tasks.status = 'Waiting'
 """
 _CHILDREN = "SELECT child FROM task_edges WHERE parent = ?"
 _NEXT_POSITION = "SELECT coalesce(max(position) + 1, 0) FROM task_edges WHERE child = ?"
@@ -321,40 +325,42 @@ def _apply_acks(
                     refused.append(row[-3])
         conn.execute("RELEASE acks")
     lost = set(refused)
-    ended = [task.id for task, _ in batch.done if task.id not in lost]
-    # A retry asked to cancel meanwhile ends Cancelled: _settle reads what each became.
-    for group in (batch.retried, batch.killed, batch.cancelled):
-        ended += [task.id for task, _ in group if task.id not in lost]
-    released = _settle(conn, ended, now) if ended else False
+    done = [task.id for task, _ in batch.done if task.id not in lost]
+    # A retry asked to cancel meanwhile ends Cancelled: _settle reads what those became.
+    ended = [
+        task.id
+        for group in (batch.retried, batch.killed, batch.cancelled)
+        for task, _ in group
+        if task.id not in lost
+    ]
+    released = _settle(conn, now, done=done, ended=ended) if done or ended else False
     return refused, released or spawned
 
 
-def _settle(conn: sqlite3.Connection, ended: Sequence[TaskId], now: float) -> bool:
-    """What a task's end does to the tasks waiting for it, in the same transaction:
-    a Done counts them down and releases those with nothing left to wait for; a
-    Killed or Cancelled kills them, and theirs, naming the first failed task.
-    Every path that ends a task calls it. Returns whether any task was released.
+def _settle(
+    conn: sqlite3.Connection, now: float, *, done: Sequence[TaskId] = (),
+    ended: Sequence[TaskId] = (),
+) -> bool:  # fmt: skip
+    """What tasks that ended do to the tasks waiting for them, in the same transaction:
+    each of ``done`` counts them down and releases those with nothing left to wait
+    for; each of ``ended`` that is now Killed or Cancelled kills them, and theirs,
+    naming the first failed task. Every path that ends a task calls it. Returns
+    whether any task was counted down.
 
     While no task waits for another, one probe of an empty table is all it costs.
     """
     if conn.execute(_ANY_EDGE).fetchone() is None:
         return False
-    ids = orjson.dumps(list(ended)).decode()
-    parents = [row[0] for row in conn.execute(_WAITED_FOR, (ids,))]
-    if not parents:
-        return False
     released = False
-    ended_rows = conn.execute(_ENDED, (orjson.dumps(parents).decode(),)).fetchall()
-    done = [task_id for task_id, status, _ in ended_rows if status == "Done"]
     if done:
-        counts = conn.execute(_CHILDREN_COUNT, (orjson.dumps(done).decode(),)).fetchall()
-        for child, n in counts:
-            if conn.execute(_COUNT_DOWN, (n, n, n, now, child)).rowcount:
-                released = True
+        released = conn.execute(_COUNT_DOWN_ALL, (now, orjson.dumps(done).decode())).rowcount > 0
+    if not ended:
+        return released
+    rows = conn.execute(_ENDED, (orjson.dumps(list(ended)).decode(),)).fetchall()
     # Failures spread breadth-first; each dependant keeps the first failure's reason.
     frontier = [
         (task_id, dependency_failed(task_id, status, error))
-        for task_id, status, error in ended_rows
+        for task_id, status, error in rows
         if status in ("Killed", "Cancelled")
     ]
     while frontier:
@@ -439,7 +445,7 @@ def _insert_with_dependencies(
         if failed is not None:
             status, error = found[failed]
             conn.execute(_KILL_WAITING, (dependency_failed(failed, status, error), now, task.id))
-            _settle(conn, [task.id], now)  # its own dependants in this call
+            _settle(conn, now, ended=[task.id])  # its own dependants in this call
             continue
         done = sum(1 for p in task.depends_on if found[p][0] == "Done")
         if done:
@@ -707,7 +713,7 @@ class SqliteBackend(ClaimingBackend):
                 if row is not None and row[0] == Status.CANCELLED:
                     cancelled.append(task_id)
             if cancelled:
-                _settle(conn, cancelled, now)
+                _settle(conn, now, ended=cancelled)
             return cancelled
 
         cancelled = await self._write(release) if ids else []
@@ -818,7 +824,7 @@ class SqliteBackend(ClaimingBackend):
             if _status_of(conn, task_id, queue) in TERMINAL:
                 return False
             conn.execute(_KILL, (reason, now, task_id))
-            _settle(conn, [task_id], now)
+            _settle(conn, now, ended=[task_id])
             return True
 
         return await self._write(kill)
@@ -830,7 +836,7 @@ class SqliteBackend(ClaimingBackend):
             status = _status_of(conn, task_id, queue)
             if status in READY or status == Status.WAITING:
                 conn.execute(_CANCEL_NOW, (f"cancelled: {reason}", now, task_id))
-                _settle(conn, [task_id], now)
+                _settle(conn, now, ended=[task_id])
                 return Status.CANCELLED
             if status in ACTIVE:  # its worker cancels it: at once here, or at a heartbeat
                 conn.execute(_CANCEL_LATER, (reason, task_id))
@@ -926,5 +932,5 @@ def _expire(
     rows: list[Row] = conn.execute(_EXPIRE_ALL if lease is None else _EXPIRE_OLD, params).fetchall()
     ended = [task_id for task_id, status in rows if status in ("Killed", "Cancelled")]
     if ended:
-        _settle(conn, ended, now)
+        _settle(conn, now, ended=ended)
     return rows

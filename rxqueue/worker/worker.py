@@ -610,6 +610,10 @@ class _Run:
         self.runnable += 1
         while True:
             if not buffer or ctx.stopping:  # once stopping, unstarted tasks go back
+                if self.updates and not self.in_flight:
+                    # Nothing left to run: write outcomes now, not at the ack timer.
+                    # They may release what runs next (a workflow's steps).
+                    self.flush_now.set()
                 self.runnable -= 1
                 waiter = loop.create_future()
                 self.idle_consumers.append(waiter)
