@@ -766,6 +766,23 @@ class WorkflowStatus:
         )
 
 
+def _step_order(run_id: TaskId, tasks: Sequence[Task[Any]]) -> Callable[[Task[Any]], Any]:
+    """Steps in flow order: a chain's by number, a DAG's as stored (parents first),
+    and a fan-out's items after the step they belong to, by item number."""
+    prefix = len(run_id) + 1
+    first_seen: dict[str, int] = {}
+    for index, task in enumerate(tasks):
+        first_seen.setdefault(task.id[prefix:].split("/", 1)[0], index)
+
+    def key(task: Task[Any]) -> tuple[int, int, int]:
+        step, _, item = task.id[prefix:].partition("/")
+        number, dash, _ = step.partition("-")
+        rank = int(number) if dash and number.isdigit() else first_seen[step]
+        return (rank, int(item) if item.isdigit() else -1, 0)
+
+    return key
+
+
 async def workflow_status(backend: Backend, run_id: TaskId) -> WorkflowStatus:
     """Every step of run ``run_id`` with its status, attempts and result."""
     tasks = await backend.family(run_id)
@@ -775,6 +792,7 @@ async def workflow_status(backend: Backend, run_id: TaskId) -> WorkflowStatus:
 
         raise TaskNotFound(f"no workflow run {run_id!r} in this store")
     prefix = len(run_id) + 1
+    tasks = sorted(tasks, key=_step_order(run_id, tasks))
     steps = [
         StepStatus(
             task.id[prefix:],
