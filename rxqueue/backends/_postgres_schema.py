@@ -163,8 +163,9 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
     ),
     # Dependencies (workflows): a Waiting status, held by `waiting` unfinished parents
     # listed in task_edges. Two flags keep plain tasks out of it: `has_dependencies`
-    # (the claim assembles inputs only for those) and `has_dependants` (the trigger
-    # fires only for those). Columns with constant defaults: no table rewrite.
+    # (the claim assembles inputs only for those) and `has_dependants` (acks count
+    # the dependants of those down, and the trigger that spreads a failure fires
+    # only for those). Columns with constant defaults: no table rewrite.
     6: (
         """
         ALTER TABLE {s}.tasks ADD COLUMN waiting integer NOT NULL DEFAULT 0,
@@ -205,41 +206,23 @@ MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         -- Children by `id = ANY(ARRAY(...))`, not `id IN (...)`: on a table never
         -- analyzed the planner hash-joined a sequential scan of tasks (see _CLAIM).
         CREATE FUNCTION {s}.tasks_settle() RETURNS trigger LANGUAGE plpgsql AS $$
-        DECLARE
-            woken integer;
         BEGIN
-            IF NEW.status = 'Done' THEN
-                WITH released AS (
-                    UPDATE {s}.tasks AS c SET waiting = c.waiting - 1,
-                        status = CASE WHEN c.waiting = 1 THEN 'Pending' ELSE c.status END,
-                        run_at = CASE WHEN c.waiting = 1
-                                      THEN NEW.done_at + (c.run_at - c.created_at)
-                                      ELSE c.run_at END
-                    WHERE c.id = ANY(ARRAY(SELECT e.child FROM {s}.task_edges AS e
-                                           WHERE e.parent = NEW.id))
-                      AND c.status = 'Waiting'
-                    RETURNING c.queue, c.status
-                )
-                SELECT count(pg_notify(TG_TABLE_SCHEMA || '_released', q.queue)) INTO woken
-                FROM (SELECT DISTINCT queue FROM released WHERE status = 'Pending') AS q;
-            ELSE
-                UPDATE {s}.tasks AS c SET status = 'Killed', waiting = 0,
-                    done_at = NEW.done_at,
-                    last_error = CASE WHEN NEW.last_error LIKE 'dependency %'
-                        THEN NEW.last_error
-                        ELSE 'dependency ' || NEW.id || ' ended ' || NEW.status
-                             || coalesce(': ' || NEW.last_error, '') END
-                WHERE c.id = ANY(ARRAY(SELECT e.child FROM {s}.task_edges AS e
-                                       WHERE e.parent = NEW.id))
-                  AND c.status = 'Waiting';
-            END IF;
+            UPDATE {s}.tasks AS c SET status = 'Killed', waiting = 0,
+                done_at = NEW.done_at,
+                last_error = CASE WHEN NEW.last_error LIKE 'dependency %'
+                    THEN NEW.last_error
+                    ELSE 'dependency ' || NEW.id || ' ended ' || NEW.status
+                         || coalesce(': ' || NEW.last_error, '') END
+            WHERE c.id = ANY(ARRAY(SELECT e.child FROM {s}.task_edges AS e
+                                   WHERE e.parent = NEW.id))
+              AND c.status = 'Waiting';
             RETURN NULL;
         END
         $$
         """,
         """
         CREATE TRIGGER tasks_settle AFTER UPDATE OF status ON {s}.tasks FOR EACH ROW
-        WHEN (NEW.has_dependants AND NEW.status IN ('Done', 'Killed', 'Cancelled')
+        WHEN (NEW.has_dependants AND NEW.status IN ('Killed', 'Cancelled')
               AND OLD.status IS DISTINCT FROM NEW.status)
         EXECUTE FUNCTION {s}.tasks_settle()
         """,

@@ -339,7 +339,24 @@ WITH progressed AS (  -- not an outcome: never read, never refused
     UPDATE {{s}}.tasks AS t SET status = 'Done', {_UNLOCK}, result = a.result, done_at = $10
     FROM unnest($3::text[], $4::bytea[], $15::int[]) AS a(id, result, attempts)
     WHERE t.id = a.id AND t.attempts = a.attempts AND {_HELD}
-    RETURNING t.id, a.attempts
+    RETURNING t.id, a.attempts, t.has_dependants
+), children AS (  -- how many of each waiting child's parents this batch ends Done
+    SELECT e.child, count(*) AS n FROM {{s}}.task_edges AS e
+    WHERE e.parent = ANY(ARRAY(SELECT id FROM done WHERE has_dependants))
+    GROUP BY e.child
+), counted AS (
+    -- The Dones count their waiting dependants down here, all in one update (a
+    -- fan-out's join once per batch, not once per item); at zero one is released,
+    -- its delay counting from now. Failures spread by the tasks_settle trigger.
+    -- Children come as arrays, so each is found by key (as the acks find theirs).
+    UPDATE {{s}}.tasks AS c SET waiting = c.waiting - x.n,
+        status = CASE WHEN c.waiting = x.n THEN 'Pending' ELSE c.status END,
+        run_at = CASE WHEN c.waiting = x.n THEN $10 + (c.run_at - c.created_at)
+                      ELSE c.run_at END
+    FROM unnest(ARRAY(SELECT child FROM children ORDER BY child),
+                ARRAY(SELECT n FROM children ORDER BY child)) AS x(child, n)
+    WHERE c.id = x.child AND c.status = 'Waiting'
+    RETURNING c.queue, c.status
 ), retried AS (
     -- A task asked to cancel while this attempt ran is never retried: it ends Cancelled.
     UPDATE {{s}}.tasks AS t SET {_UNLOCK}, run_at = a.run_at,
@@ -375,6 +392,10 @@ UNION ALL SELECT NULL, NULL FROM (SELECT pg_notify($11, '')) AS n
 UNION ALL SELECT NULL, NULL FROM (
     {_WAKE_WAITERS.format(s="{s}", done="$13", finished="finished")}
 ) AS w
+UNION ALL SELECT NULL, NULL FROM (
+    SELECT pg_notify($25, r.queue) FROM (
+        SELECT DISTINCT queue FROM counted WHERE status = 'Pending') AS r
+) AS released
 """
 
 
@@ -912,6 +933,8 @@ class PostgresBackend(ClaimingBackend):
         self._sql = _Statements(self.schema)
         self.channel = _channel_name(self.schema, queue)
         self.done_channel = _channel_name(self.schema, queue, "_d")
+        # Where acks announce released workflow steps, by queue (every queue listens).
+        self._released_channel = f"{self.schema}_released"
         self._channel_key = ("postgres", where, self.schema, queue)
 
     @classmethod
@@ -982,7 +1005,7 @@ class PostgresBackend(ClaimingBackend):
         async def connect() -> asyncpg.Connection:
             return await asyncpg.connect(server.dsn, **server.connect_options)
 
-        released = (f"{self.schema}_released", self.queue)
+        released = (self._released_channel, self.queue)
         return PostgresDoorbell(connect, self.channel, released=released)
 
     def _bell(self) -> PostgresDoorbell | None:
@@ -1066,8 +1089,8 @@ class PostgresBackend(ClaimingBackend):
                 corrupt.append((row["id"], f"corrupt task row: {exc}", row["attempts"]))
                 continue
             inputs = row[-1]  # the results of its dependencies, for those that had some
-            if inputs is not None:
-                task = task.evolve(args=encode_list(self.codec, inputs))
+            if inputs is not None:  # a fresh Task, not yet shared: set it in place
+                object.__setattr__(task, "args", encode_list(self.codec, inputs))
             tasks.append(task)
         if corrupt:
             await self._fetch(
@@ -1077,7 +1100,7 @@ class PostgresBackend(ClaimingBackend):
                 [error for _, error, _ in corrupt],
                 now, self.channel, False, self.done_channel,
                 [], [], [], [attempts for _, _, attempts in corrupt], [], [], [],
-                [], [], [], [],
+                [], [], [], [], self._released_channel,
             )  # fmt: skip
         if len(tasks) > 1:
             tasks.sort(key=claim_order)
@@ -1401,6 +1424,7 @@ class PostgresBackend(ClaimingBackend):
             [progress.fraction for _, progress in batch.progress],
             [progress.note for _, progress in batch.progress],
             [task.attempts for task, _ in batch.progress],
+            self._released_channel,
         )
         if batch.spawned:  # stored in the acks' transaction, before the Dones
             async with self._transaction() as conn:
