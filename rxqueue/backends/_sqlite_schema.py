@@ -192,7 +192,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             cancel_reason TEXT,
             progress      REAL,
             progress_note TEXT,
-            waiting       INTEGER NOT NULL DEFAULT 0
+            waiting       INTEGER NOT NULL DEFAULT 0,
+            -- how many tasks' results make its payload: a claim reads them only then
+            dependencies  INTEGER NOT NULL DEFAULT 0
         )
         """,
         f"""

@@ -90,7 +90,7 @@ WHERE rowid IN (
     SELECT rowid FROM tasks WHERE queue = ? AND {_READY} AND run_at <= ?
     ORDER BY priority DESC, run_at, id LIMIT ?
 )
-RETURNING {_COLUMNS}
+RETURNING {_COLUMNS}, dependencies
 """
 # Limits (a claim under rate_limit / max_running, inside its write transaction). The
 # tasks a queue holds are counted through tasks_leases: only held tasks are in it.
@@ -131,8 +131,8 @@ _KEY_HOLDERS = f"SELECT unique_key, id FROM tasks WHERE queue = ? AND {_KEYS}"
 # _settle counts down, releases and fails dependants wherever a task ends.
 _INSERT_WAITING = """
 INSERT INTO tasks (id, queue, args, status, attempts, max_attempts, priority, run_at,
-                   created_at, last_error, metadata, waiting)
-VALUES (?, ?, ?, 'Waiting', ?, ?, ?, ?, ?, ?, ?, ?)
+                   created_at, last_error, metadata, waiting, dependencies)
+VALUES (?, ?, ?, 'Waiting', ?, ?, ?, ?, ?, ?, ?, ?11, ?11)
 """
 _EDGE = "INSERT INTO task_edges (child, position, parent) VALUES (?, ?, ?)"
 _PARENTS = "SELECT id, status, last_error FROM tasks WHERE id IN (SELECT value FROM json_each(?))"
@@ -162,7 +162,10 @@ WHERE tasks.id = c.child AND tasks.status = 'Waiting'
 """
 _CHILDREN = "SELECT child FROM task_edges WHERE parent = ?"
 _NEXT_POSITION = "SELECT coalesce(max(position) + 1, 0) FROM task_edges WHERE child = ?"
-_JOIN_MORE = "UPDATE tasks SET waiting = waiting + ? WHERE id = ? AND status = 'Waiting'"
+_JOIN_MORE = """
+UPDATE tasks SET waiting = waiting + ?1, dependencies = dependencies + ?1
+WHERE id = ?2 AND status = 'Waiting'
+"""
 _INPUTS = """
 SELECT e.child, p.result FROM task_edges AS e LEFT JOIN tasks AS p ON p.id = e.parent
 WHERE e.child IN (SELECT value FROM json_each(?)) ORDER BY e.child, e.position
@@ -453,16 +456,18 @@ def _insert_with_dependencies(
 
 
 def _with_inputs(conn: sqlite3.Connection, rows: list[Row], codec: Codec) -> list[Row]:
-    """Claimed rows, those of tasks that depended on others with their payload made of
-    the results of those, in order (their stored payload is a placeholder)."""
-    ids = orjson.dumps([row[0] for row in rows]).decode()
+    """Claimed rows (each ending with its ``dependencies`` count) as task rows, those
+    of tasks that depended on others with their payload made of the results of
+    those, in order (their stored payload is a placeholder)."""
+    dependent = [row[0] for row in rows if row[-1]]
+    if not dependent:
+        return [row[:-1] for row in rows]
     inputs: dict[TaskId, list[bytes | None]] = {}
-    for child, result in conn.execute(_INPUTS, (ids,)):
+    for child, result in conn.execute(_INPUTS, (orjson.dumps(dependent).decode(),)):
         inputs.setdefault(child, []).append(result)
-    if not inputs:
-        return rows
     return [  # args is the third column (COLUMN_NAMES)
-        row if row[0] not in inputs else (*row[:2], encode_list(codec, inputs[row[0]]), *row[3:])
+        row[:-1] if row[0] not in inputs
+        else (*row[:2], encode_list(codec, inputs[row[0]]), *row[3:-1])
         for row in rows
     ]
 
