@@ -237,6 +237,9 @@ def compare(
         "per run, runs interleaved",
         "steps/s counts every stored task a workflow runs: its steps, a fan-out's items, "
         "the collect and each run's own record",
+        "a step becomes ready inside the timed run (its parent's Done releases it: a "
+        "status change and a ready-index entry), where a plain task became ready at "
+        "its push, before the timing starts",
         *extra,
     ]
     rows = rows_of(
