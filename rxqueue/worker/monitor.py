@@ -47,7 +47,8 @@ class Monitor:
 
     async def _supervise(self, worker: Worker) -> RunSummary | BaseException:
         try:
-            return await worker.run(handle_signals=False)
+            # One bar per worker would fight over the terminal: none here.
+            return await worker.run(handle_signals=False, progress=False)
         except Exception as exc:
             if self._on_crash is not None:
                 self._on_crash(worker, exc)

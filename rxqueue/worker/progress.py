@@ -192,5 +192,6 @@ async def _ready_count(worker: Worker) -> int | None:
         return None
     with contextlib.suppress(Exception):  # no count is no reason to fail the run
         stats = await backend.stats()
-        return stats[Status.PENDING] + stats[Status.FAILED]
+        # Waiting workflow steps run in this run too, once their parents are Done.
+        return stats[Status.PENDING] + stats[Status.FAILED] + stats[Status.WAITING]
     return None
