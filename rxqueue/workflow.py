@@ -40,7 +40,13 @@ from rxqueue._html import table
 from rxqueue.backends.base import Backend, Capability
 from rxqueue.clock import Clock
 from rxqueue.codec import Codec, Converter, converter_for, identity
-from rxqueue.errors import Abort, BuildError, InvalidOption, UnsupportedOperation
+from rxqueue.errors import (
+    Abort,
+    BuildError,
+    InvalidOption,
+    TaskNotFound,
+    UnsupportedOperation,
+)
 from rxqueue.task import (
     Done,
     Outcome,
@@ -148,7 +154,6 @@ class _Call:
             call = functools.partial(self.fn, *args, ctx=ctx) if self.takes_ctx else None
             result = await asyncio.to_thread(call or functools.partial(self.fn, *args))
         return (await result) if inspect.isawaitable(result) else result
-
 
 
 def _plain(signature: inspect.Signature) -> str:
@@ -788,8 +793,6 @@ async def workflow_status(backend: Backend, run_id: TaskId) -> WorkflowStatus:
     tasks = await backend.family(run_id)
     run = next((task for task in tasks if task.id == run_id), None)
     if run is None:
-        from rxqueue.errors import TaskNotFound
-
         raise TaskNotFound(f"no workflow run {run_id!r} in this store")
     prefix = len(run_id) + 1
     tasks = sorted(tasks, key=_step_order(run_id, tasks))
