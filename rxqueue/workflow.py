@@ -227,6 +227,16 @@ class _Flow:
         await backend._send(tasks, None)
         return run
 
+    def _run_record(
+        self, run_id: TaskId, queue: str, now: float, max_attempts: int, last: tuple[TaskId, ...]
+    ) -> Task[Any]:
+        """The run itself: a task that waits for the ``last`` steps and returns their
+        results, so that get/wait_for(run_id) show the run."""
+        return _task(
+            run_id, None, flow=self.name, step=RUN_STEP, queue=queue, now=now,
+            max_attempts=max_attempts, depends_on=last,
+        )  # fmt: skip
+
     def __rxqueue_invoke__(
         self, codec: Codec, clock: Clock
     ) -> Callable[[Task[Any], TaskContext], Awaitable[Outcome]]:
@@ -422,18 +432,7 @@ class Workflow(_Flow):
                       depends_on=previous)
             )  # fmt: skip
             previous = (ids[stage.name],)
-        tasks.append(
-            _task(
-                run_id,
-                None,
-                flow=self.name,
-                step=RUN_STEP,
-                queue=queue,
-                now=now,
-                max_attempts=max_attempts,
-                depends_on=previous,
-            )
-        )
+        tasks.append(self._run_record(run_id, queue, now, max_attempts, previous))
         return tasks
 
     def __repr__(self) -> str:
@@ -589,18 +588,7 @@ class DagFlow(_Flow):
             for node in self._order()
         ]  # fmt: skip
         sinks = tuple(f"{run_id}/{name}" for name in steps[RUN_STEP].sinks)
-        tasks.append(
-            _task(
-                run_id,
-                placeholder,
-                flow=self.name,
-                step=RUN_STEP,
-                queue=queue,
-                now=now,
-                max_attempts=max_attempts,
-                depends_on=sinks,
-            )
-        )
+        tasks.append(self._run_record(run_id, queue, now, max_attempts, sinks))
         return tasks
 
     def to_dot(self) -> str:
