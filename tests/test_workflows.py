@@ -38,6 +38,7 @@ from rxqueue import (
     UnsupportedOperation,
     WorkerBuilder,
     Workflow,
+    events,
     workflow_status,
 )
 from rxqueue.backends.base import Backend
@@ -45,6 +46,7 @@ from rxqueue.backends.memory import MemoryBackend
 from tests.conftest import BackendKit, require
 
 RUN_LIMIT = 30.0
+SLOW_POLL = {"poll_interval": 60.0, "max_poll_interval": 60.0}
 
 
 async def workflows_backend(kit: BackendKit, **options: Any) -> Backend:
@@ -357,22 +359,29 @@ async def test_dag_nodes_may_run_in_other_queues_on_sql_stores(kit: BackendKit) 
         from rxqueue.backends.postgres import PostgresBackend
 
         assert isinstance(backend, PostgresBackend)
+        # Polling too slow to matter: the released step must ring its queue's doorbell.
         gpu = PostgresBackend(
-            backend._server.dsn, schema=backend.schema, queue="gpu", poll_interval=0.002
+            backend._server.dsn, schema=backend.schema, queue="gpu", **SLOW_POLL
         )
     else:
         from rxqueue.backends.sqlite import SqliteBackend
 
         assert isinstance(backend, SqliteBackend)
-        gpu = SqliteBackend(backend.path, queue="gpu", poll_interval=0.002)
+        gpu = SqliteBackend(backend.path, queue="gpu", **SLOW_POLL)
     kit.created.append(gpu)
     dag = DagFlow("split")
     cpu_node = dag.node(add_one, name="cpu")
     dag.node(double, name="gpu", queue="gpu").depends_on(cpu_node)
-    run_id = await dag.push(backend, 1)
+    away_started = asyncio.Event()
+    away_worker = WorkerBuilder("away").backend(gpu).build(dag)
+    away_worker.events.subscribe(
+        on_next=lambda e: away_started.set() if isinstance(e, events.Idle) else None
+    )
     async with asyncio.timeout(RUN_LIMIT):
+        away = asyncio.ensure_future(away_worker.run())
+        await away_started.wait()  # idle, polling only every minute from now on
+        run_id = await dag.push(backend, 1)
         home = asyncio.ensure_future(WorkerBuilder("home").backend(backend).build(dag).run())
-        away = asyncio.ensure_future(WorkerBuilder("away").backend(gpu).build(dag).run())
         record = await backend.wait_for(run_id)
         for worker_task in (home, away):
             worker_task.cancel()

@@ -49,6 +49,7 @@ from rxqueue.backends._rows import (
 )
 from rxqueue.backends._sqlite_connection import Connection, Job
 from rxqueue.backends.base import ALL_CAPABILITIES, ClaimingBackend, Limits, frees_room
+from rxqueue.backends.local import channel
 from rxqueue.clock import Clock, system_clock
 from rxqueue.codec import DEFAULT_CODEC, Codec, encode_list
 from rxqueue.errors import (
@@ -159,6 +160,7 @@ FROM (
     WHERE parent IN (SELECT value FROM json_each(?2)) GROUP BY child
 ) AS c
 WHERE tasks.id = c.child AND tasks.status = 'Waiting'
+RETURNING queue, status
 """
 _CHILDREN = "SELECT child FROM task_edges WHERE parent = ?"
 _NEXT_POSITION = "SELECT coalesce(max(position) + 1, 0) FROM task_edges WHERE child = ?"
@@ -292,15 +294,15 @@ def _locate(path: str | os.PathLike[str]) -> tuple[str, bool, str]:
 
 def _apply_acks(
     conn: sqlite3.Connection, batch: AckBatch, now: float
-) -> tuple[list[TaskId], bool]:
+) -> tuple[list[TaskId], set[str]]:
     """Apply one ack batch (in the hop's transaction): the ids refused (lease lost),
-    and whether it released or spawned tasks (workflow steps).
+    and the queues where it released or spawned tasks (workflow steps).
 
     Started first: a task started and finished in one batch ends finished.
     """
     worker = batch.worker
     refused: list[TaskId] = []
-    spawned = _spawn(conn, batch, now) if batch.spawned else False
+    spawned = _spawn(conn, batch, now) if batch.spawned else set()
     if batch.progress:  # not an outcome: a task no longer held just keeps its old progress
         conn.executemany(
             _PROGRESS,
@@ -336,27 +338,28 @@ def _apply_acks(
         for task, _ in group
         if task.id not in lost
     ]
-    released = _settle(conn, now, done=done, ended=ended) if done or ended else False
-    return refused, released or spawned
+    released = _settle(conn, now, done=done, ended=ended) if done or ended else set()
+    return refused, released | spawned
 
 
 def _settle(
     conn: sqlite3.Connection, now: float, *, done: Sequence[TaskId] = (),
     ended: Sequence[TaskId] = (),
-) -> bool:  # fmt: skip
+) -> set[str]:  # fmt: skip
     """What tasks that ended do to the tasks waiting for them, in the same transaction:
     each of ``done`` counts them down and releases those with nothing left to wait
     for; each of ``ended`` that is now Killed or Cancelled kills them, and theirs,
     naming the first failed task. Every path that ends a task calls it. Returns
-    whether any task was counted down.
+    the queues of the tasks it released.
 
     While no task waits for another, one probe of an empty table is all it costs.
     """
     if conn.execute(_ANY_EDGE).fetchone() is None:
-        return False
-    released = False
+        return set()
+    released: set[str] = set()
     if done:
-        released = conn.execute(_COUNT_DOWN_ALL, (now, orjson.dumps(done).decode())).rowcount > 0
+        counted = conn.execute(_COUNT_DOWN_ALL, (now, orjson.dumps(done).decode()))
+        released.update(queue for queue, status in counted if status == "Pending")
     if not ended:
         return released
     rows = conn.execute(_ENDED, (orjson.dumps(list(ended)).decode(),)).fetchall()
@@ -384,10 +387,10 @@ def dependency_failed(task_id: TaskId, status: str, error: str | None) -> str:
     return f"dependency {task_id} ended {status}" + (f": {error}" if error else "")
 
 
-def _spawn(conn: sqlite3.Connection, batch: AckBatch, now: float) -> bool:
+def _spawn(conn: sqlite3.Connection, batch: AckBatch, now: float) -> set[str]:
     """Store what each Done of ``batch`` spawns, if its parent is still held by this
-    claim (its Done is then recorded in this transaction too); whether any was."""
-    written = 0
+    claim (its Done is then recorded in this transaction too); the queues it went to."""
+    queues: set[str] = set()
     for parent, spawned, join in batch.spawned:
         held = conn.execute(_HOLDS, (parent.id, batch.worker, parent.attempts)).fetchone()
         if held is None or not spawned:
@@ -401,7 +404,7 @@ def _spawn(conn: sqlite3.Connection, batch: AckBatch, now: float) -> bool:
             _insert_with_dependencies(conn, spawned, rows, now)
         else:
             conn.executemany(_INSERT, rows)
-        written += len(rows)
+        queues.update(task.queue for task in spawned)
         if join is not None:
             first = conn.execute(_NEXT_POSITION, (join,)).fetchone()[0]
             conn.executemany(
@@ -409,7 +412,7 @@ def _spawn(conn: sqlite3.Connection, batch: AckBatch, now: float) -> bool:
                 [(join, first + index, task.id) for index, task in enumerate(spawned)],
             )
             conn.execute(_JOIN_MORE, (len(spawned), join))
-    return written > 0
+    return queues
 
 
 def _insert_with_dependencies(
@@ -599,6 +602,14 @@ class SqliteBackend(ClaimingBackend):
             return Wakeup()
         return SocketDoorbell(f"sqlite:{self.path}:{self.queue}")
 
+    def _doorbell_of(self, queue: str) -> Doorbell:
+        """The doorbell of another queue of this file, to wake its workers here and in
+        other processes."""
+        from rxqueue.backends._doorbell import SocketDoorbell
+
+        key = ("sqlite", self.path, queue)
+        return channel(key, lambda: SocketDoorbell(f"sqlite:{self.path}:{queue}")).doorbell
+
     async def _write(self, fn: Callable[[sqlite3.Connection], R]) -> R:
         return await self._db.run(Job(fn, write=True))
 
@@ -690,6 +701,8 @@ class SqliteBackend(ClaimingBackend):
             if all(task_id != task.id for task_id, task in zip(ids, tasks, strict=True)):
                 return ids  # nothing new: nobody to wake
         self._local().doorbell.notify()
+        for queue in {task.queue for task in tasks} - {self.queue}:  # a workflow's steps
+            self._doorbell_of(queue).notify()
         return ids
 
     # --- acker ------------------------------------------------------------------------------
@@ -701,8 +714,10 @@ class SqliteBackend(ClaimingBackend):
             partial(_apply_acks, batch=batch, now=self.clock())
         )
         local = self._local()
-        if batch.retried or released or frees_room(self.limits, batch):
+        if batch.retried or self.queue in released or frees_room(self.limits, batch):
             local.doorbell.notify()
+        for queue in released - {self.queue}:  # a workflow's steps in other queues
+            self._doorbell_of(queue).notify()
         if local.waiters:
             local.finished(batch.finished)
         return refused
