@@ -65,6 +65,7 @@ from rxqueue.workflow import (
     StepStatus,
     Workflow,
     WorkflowStatus,
+    cancel_workflow,
     workflow_status,
 )
 
@@ -130,6 +131,7 @@ __all__ = [
     "Router",
     "StepStatus",
     "workflow_status",
+    "cancel_workflow",
     "WorkerContext",
     "WorkerError",
     "WorkerSettings",

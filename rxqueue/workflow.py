@@ -48,6 +48,7 @@ from rxqueue.errors import (
     UnsupportedOperation,
 )
 from rxqueue.task import (
+    TERMINAL,
     Done,
     Outcome,
     Status,
@@ -62,6 +63,7 @@ from rxqueue.worker.handler import HandlerSpec, _async_underneath, inspect_handl
 
 __all__ = [
     "DagFlow",
+    "cancel_workflow",
     "Node",
     "Router",
     "StepStatus",
@@ -805,3 +807,27 @@ async def workflow_status(backend: Backend, run_id: TaskId) -> WorkflowStatus:
         run.last_error,
         steps,
     )
+
+
+async def cancel_workflow(
+    backend: Backend, run_id: TaskId, reason: str = "cancelled by request"
+) -> int:
+    """Cancel run ``run_id``: every unfinished step of this backend's queue, then the
+    run itself. Waiting and ready steps end Cancelled at once, running ones in their
+    workers (``backend.cancel``); whatever depends on them ends Killed, naming them.
+    Returns how many steps were asked to cancel. A step of another queue is asked
+    through a backend of that queue (or ends Killed when a step it waits for does).
+    """
+    tasks = await backend.family(run_id)
+    run = next((task for task in tasks if task.id == run_id), None)
+    if run is None:
+        raise TaskNotFound(f"no workflow run {run_id!r} in this store")
+    asked = 0
+    for task in sorted(tasks, key=_step_order(run_id, tasks)):
+        if task.id == run_id or task.status in TERMINAL or task.queue != backend.queue:
+            continue
+        await backend.cancel(task.id, reason)
+        asked += 1
+    if run.queue == backend.queue:
+        await backend.cancel(run_id, reason)  # finished meanwhile, killed: left as it is
+    return asked

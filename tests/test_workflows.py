@@ -35,9 +35,11 @@ from rxqueue import (
     Router,
     Status,
     TaskContext,
+    TaskNotFound,
     UnsupportedOperation,
     WorkerBuilder,
     Workflow,
+    cancel_workflow,
     events,
     workflow_status,
 )
@@ -546,3 +548,28 @@ async def _run_case(
         else:
             assert (step.status, step.result, calls[index]) == (Status.DONE, index, 1)
     assert status.status is (Status.KILLED if failed else Status.DONE)
+
+
+async def test_cancel_workflow_cancels_its_steps_and_the_run_names_them(kit: BackendKit) -> None:
+    backend = await workflows_backend(kit)
+    require(backend, Capability.CANCEL)
+    flow = Workflow("doomed").then(add_one).then(double).then(as_text)
+    run_id = await flow.push(backend, 1)
+    assert await cancel_workflow(backend, run_id, "the user left") == 3
+    status = await workflow_status(backend, run_id)
+    first = f"{run_id}/1-add_one"
+    assert [(s.name, s.status) for s in status.steps] == [
+        ("1-add_one", Status.CANCELLED),
+        ("2-double", Status.KILLED),
+        ("3-as_text", Status.KILLED),
+    ]
+    assert status.steps[0].last_error == "cancelled: the user left"
+    assert status.steps[2].last_error == (
+        f"dependency {first} ended Cancelled: cancelled: the user left"
+    )
+    record = await backend.wait_for(run_id, timeout=RUN_LIMIT)
+    assert record.status is Status.KILLED and first in (record.last_error or "")
+    summary = await run(backend, flow)  # nothing is left to run
+    assert summary.done == 0
+    with pytest.raises(TaskNotFound):
+        await cancel_workflow(backend, "no-such-run")
