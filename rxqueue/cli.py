@@ -43,7 +43,7 @@ from rxqueue.errors import RxQueueError
 from rxqueue.task import Status, Task
 from rxqueue.worker.builder import WorkerBuilder
 from rxqueue.worker.worker import Worker
-from rxqueue.workflow import workflow_status
+from rxqueue.workflow import cancel_workflow, workflow_status
 
 # --- options --------------------------------------------------------------------------
 
@@ -125,9 +125,13 @@ def _parser() -> argparse.ArgumentParser:
     cancel = command("cancel", "cancel a task: at once if waiting, in its worker if running")
     cancel.add_argument("task_id")
     cancel.add_argument("--reason", default="cancelled from the command line")
-    command(
+    flow = command(
         "workflow", "show a workflow run: every step's status, attempts and result", json=True
-    ).add_argument("run_id")
+    )
+    flow.add_argument("run_id")
+    flow.add_argument(
+        "--cancel", metavar="REASON", help="cancel the run's unfinished steps first"
+    )
     vacuum = command("vacuum", "delete finished tasks")
     vacuum.add_argument("--older-than", type=_seconds, default=0.0, help="seconds")
     worker = command("worker", "run a worker (stop with Ctrl-C; creates the file)")
@@ -402,6 +406,9 @@ async def _command(args: argparse.Namespace, handler: Callable[..., Any] | None)
             else:
                 print(f"{args.task_id} had already finished ({status.value}); left as it is")
         elif args.command == "workflow":
+            if args.cancel is not None:
+                asked = await cancel_workflow(backend, args.run_id, args.cancel)
+                print(f"asked {asked} steps to cancel", file=sys.stderr)
             run = await workflow_status(backend, args.run_id)
             if args.json:
                 _print_json(

@@ -372,3 +372,9 @@ def test_a_workflow_is_served_by_name_and_its_run_shown(
     assert f"workflow greeting run {run_id}: Done" in text and "2-exclaim" in text
     assert main(["workflow", url, "no-such-run"]) == 1
     assert "no workflow run 'no-such-run'" in capsys.readouterr().err
+
+    other = asyncio.run(push())
+    assert main(["workflow", url, other, "--cancel", "not today"]) == 0
+    out, err = capsys.readouterr()
+    assert "asked 2 steps to cancel" in err
+    assert "1-shout    Cancelled" in out and f"workflow greeting run {other}: Killed" in out
