@@ -114,8 +114,10 @@ class _Call:
             raise BuildError(f"{where}: a step must be callable, got {type(fn).__name__}")
         try:
             signature = inspect.signature(fn)
-        except (TypeError, ValueError) as exc:
-            raise BuildError(f"{where}: cannot read the signature of {fn!r}: {exc}") from exc
+        except (TypeError, ValueError):
+            # Some builtins (str, int) have none: trust them with the inputs as they are.
+            as_they_are = (identity,) * arity
+            return cls(fn, _fn_name(fn), arity, False, as_they_are, _async_underneath(fn), True)
         parameters = signature.parameters
         ctx = parameters.get("ctx")
         takes_ctx = ctx is not None and ctx.kind is not ctx.POSITIONAL_ONLY
@@ -129,7 +131,8 @@ class _Call:
         if not (required <= arity and (variadic or arity <= len(positional))):
             wanted = "one input" if arity == 1 else f"{arity} inputs"
             raise BuildError(
-                f"{where}: {_fn_name(fn)}{_plain(signature)} must take {wanted} (and "
+                f"{where}: {getattr(fn, '__name__', repr(fn))}{_plain(signature)} must take "
+                f"{wanted} (and "
                 "optionally `ctx`): a node gets one input per node it depends on, in "
                 "depends_on order; the first steps get the workflow's input"
             )

@@ -573,3 +573,15 @@ async def test_cancel_workflow_cancels_its_steps_and_the_run_names_them(kit: Bac
     assert summary.done == 0
     with pytest.raises(TaskNotFound):
         await cancel_workflow(backend, "no-such-run")
+
+
+async def test_builtins_and_callable_objects_are_steps_too() -> None:
+    class Upper:
+        def __call__(self, text: str) -> str:
+            return text.upper()
+
+    backend = MemoryBackend()
+    flow = Workflow("builtins").then(Upper()).then(str).then(len)
+    run_id = await flow.push(backend, "abc")
+    await run(backend, flow)
+    assert (await backend.wait_for(run_id, timeout=RUN_LIMIT)).result == 3
