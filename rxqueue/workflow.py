@@ -429,7 +429,9 @@ class Workflow(_Flow):
                     tasks += spawned
                     previous = tuple(task.id for task in spawned)
                 continue
-            args = payload if index == 0 else None
+            # The first step gets the input; a join with nothing to wait for (an empty
+            # input fanned out) gets the empty list of results.
+            args = payload if index == 0 else (None if previous else [])
             tasks.append(
                 _task(ids[stage.name], args, flow=self.name, step=stage.name,
                       queue=stage.queue or queue, now=now,

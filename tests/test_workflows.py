@@ -228,14 +228,22 @@ async def test_filter_map_fans_out_items_and_collect_or_fold_join_them(kit: Back
     collect = Workflow("lengths").then(split).filter_map(length).collect()
     fold = Workflow("total").then(split).filter_map(length).fold(lambda acc, n: acc + n, 1000)
     direct = Workflow("direct").filter_map(double).collect()  # the input itself fans out
+
+    def nothing(text: str) -> list[int]:
+        return []
+
+    empty = Workflow("empty").then(nothing).filter_map(double).collect()
     ids = [
         await collect.push(backend, "a,bb,skip,dddd"),
         await fold.push(backend, "a,bb,skip,dddd"),
         await direct.push(backend, [1, None, 3]),
+        await direct.push(backend, []),  # nothing to fan out: the join gets []
+        await collect.push(backend, ""),  # one empty word: its length, 0
+        await empty.push(backend, "x"),  # a step that returns no items: the join gets []
     ]
-    await run(backend, Router(collect, fold, direct))
+    await run(backend, Router(collect, fold, direct, empty))
     results = [(await backend.wait_for(i, timeout=RUN_LIMIT)).result for i in ids]
-    assert results == [[1, 2, 4], 1007, [2, 6]]
+    assert results == [[1, 2, 4], 1007, [2, 6], [], [0], []]
     steps = (await workflow_status(backend, ids[0])).steps
     assert [s.name for s in steps] == [
         "1-split", "2-length/0", "2-length/1", "2-length/2", "2-length/3", "3-collect",
