@@ -262,10 +262,7 @@ async def kill_dependants(
 ) -> None:
     """``parent`` ended Killed or Cancelled: what waits for it, and what waits for
     that, ends Killed, naming the first task that failed."""
-    if error and error.startswith("dependency "):
-        reason = error  # parent was killed by its own dependency: pass that reason on
-    else:
-        reason = f"dependency {parent} ended {status}" + (f": {error}" if error else "")
+    reason = rxqueue.dependency_failed(parent, status, error)
     await db.execute(
         "WITH RECURSIVE doomed(id) AS ("
         "  SELECT child FROM task_edges WHERE parent = ?"

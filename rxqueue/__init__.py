@@ -50,6 +50,7 @@ from rxqueue.task import (
     Task,
     TaskId,
     Update,
+    dependency_failed,
 )
 from rxqueue.worker import events, layers
 from rxqueue.worker.builder import WorkerBuilder
@@ -132,6 +133,7 @@ __all__ = [
     "StepStatus",
     "workflow_status",
     "cancel_workflow",
+    "dependency_failed",
     "WorkerContext",
     "WorkerError",
     "WorkerSettings",

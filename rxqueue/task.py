@@ -282,6 +282,15 @@ def check_task_id(value: Any) -> str:
     return value
 
 
+def dependency_failed(task_id: TaskId, status: str, error: str | None) -> str:
+    """Why a task is killed because its dependency ``task_id`` ended ``status``
+    (Killed or Cancelled) with ``error``: every store writes this same reason, and
+    a chain of dependants carries the first failure's reason down unchanged."""
+    if error is not None and error.startswith("dependency "):
+        return error
+    return f"dependency {task_id} ended {status}" + (f": {error}" if error else "")
+
+
 def check_depends_on(task_id: TaskId, depends_on: Any) -> tuple[TaskId, ...]:
     """``depends_on`` as a tuple of distinct task ids other than ``task_id``."""
     if isinstance(depends_on, str) or not isinstance(depends_on, Sequence):

@@ -37,11 +37,12 @@ from rxqueue.task import (
     Status,
     Task,
     TaskId,
+    dependency_failed,
     task_reader,
 )
 
-_SNAPSHOT = task_reader(FIELDS, attributes=True)
-_FAILED = frozenset({Status.KILLED, Status.CANCELLED})  # a Task from a _Row's fields, by name
+_SNAPSHOT = task_reader(FIELDS, attributes=True)  # a Task from a _Row's fields, by name
+_FAILED = frozenset({Status.KILLED, Status.CANCELLED})
 
 
 class _Row:
@@ -305,10 +306,7 @@ class MemoryBackend(ClaimingBackend):
         return self._fail_dependants_of(row, waiting)
 
     def _fail_dependants_of(self, row: _Row, children: Sequence[TaskId]) -> list[TaskId]:
-        error = row.last_error or ""
-        reason = error if error.startswith("dependency ") else (
-            f"dependency {row.id} ended {row.status}" + (f": {error}" if error else "")
-        )
+        reason = dependency_failed(row.id, row.status, row.last_error)
         killed: list[TaskId] = []
         for child_id in children:
             child = self._rows.get(child_id)

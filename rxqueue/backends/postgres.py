@@ -88,6 +88,7 @@ from rxqueue.task import (
     TaskId,
     check_int,
     check_seconds,
+    dependency_failed,
 )
 
 __all__ = ["SCHEMA_VERSION", "PostgresBackend", "PostgresDoorbell", "schema_sql"]
@@ -1274,11 +1275,7 @@ class PostgresBackend(ClaimingBackend):
             failed = next((each for each in stored if each[0] in ("Killed", "Cancelled")), None)
             if failed is not None:
                 status, error, parent = failed
-                if error is not None and error.startswith("dependency "):
-                    killed[task.id] = error  # the task that failed first, up the graph
-                else:
-                    suffix = f": {error}" if error else ""
-                    killed[task.id] = f"dependency {parent} ended {status}{suffix}"
+                killed[task.id] = dependency_failed(parent, status, error)
             elif count := sum(1 for each in stored if each[0] == "Done"):
                 done[task.id] = count
         if killed:  # first: their own dependants among ``tasks`` end Killed too

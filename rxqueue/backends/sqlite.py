@@ -71,6 +71,7 @@ from rxqueue.task import (
     Task,
     TaskId,
     check_seconds,
+    dependency_failed,
 )
 
 __all__ = ["SqliteBackend"]
@@ -377,14 +378,6 @@ def _settle(
                     following.append((child, reason))
         frontier = following
     return released
-
-
-def dependency_failed(task_id: TaskId, status: str, error: str | None) -> str:
-    """Why a task whose dependency ``task_id`` ended ``status`` was killed: the reason
-    of the first failure, carried down a chain of dependants unchanged."""
-    if error is not None and error.startswith("dependency "):
-        return error
-    return f"dependency {task_id} ended {status}" + (f": {error}" if error else "")
 
 
 def _spawn(conn: sqlite3.Connection, batch: AckBatch, now: float) -> set[str]:
