@@ -98,11 +98,9 @@ def _fn_name(fn: StepFn) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Call:
-    """How to call one step function with ``arity`` inputs (and ``ctx`` if it takes one)."""
+    """How to call one step function with its inputs (and ``ctx`` if it takes one)."""
 
     fn: StepFn
-    name: str
-    arity: int
     takes_ctx: bool
     converters: tuple[Converter, ...]
     on_loop: bool
@@ -117,7 +115,7 @@ class _Call:
         except (TypeError, ValueError):
             # Some builtins (str, int) have none: trust them with the inputs as they are.
             as_they_are = (identity,) * arity
-            return cls(fn, _fn_name(fn), arity, False, as_they_are, _async_underneath(fn), True)
+            return cls(fn, False, as_they_are, _async_underneath(fn), True)
         parameters = signature.parameters
         ctx = parameters.get("ctx")
         takes_ctx = ctx is not None and ctx.kind is not ctx.POSITIONAL_ONLY
@@ -145,7 +143,7 @@ class _Call:
             identity,
         ) * max(0, arity - len(inputs))
         plain = all(convert is identity for convert in converters)
-        return cls(fn, _fn_name(fn), arity, takes_ctx, converters, _async_underneath(fn), plain)
+        return cls(fn, takes_ctx, converters, _async_underneath(fn), plain)
 
     async def __call__(self, inputs: Sequence[Any], ctx: TaskContext) -> Any:
         # Runs per step: skip the converters that do nothing (JSON values as they are).
